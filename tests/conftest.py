@@ -1,0 +1,90 @@
+"""Session-wide fixtures: the PostgreSQL test database, a SQLite file per test, one local Ray.
+
+PostgreSQL: tests marked ``postgres`` get a database created for this session on the server
+at ``CORTX_TEST_POSTGRES_URL`` (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``)
+and dropped at the end. Under ``CI=true`` an unreachable server fails those tests; elsewhere
+they are skipped with the reason.
+
+Ray: one local instance per test session (``ray.init`` costs 3 to 11 s here), started on
+first use by the ``ray_session`` fixture and shut down at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _admin_dsn() -> str:
+    url = os.environ.get("CORTX_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_admin_dsn(), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A ``postgresql+asyncpg://`` URL of a database made for this test session."""
+    name = f"cortx_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported
+        message = f"PostgreSQL is not reachable at {_admin_dsn()}: {exc!r}"
+        if _in_ci():
+            pytest.fail(message + " (CI=true: tests that need PostgreSQL must not skip)")
+        pytest.skip(message)
+    base = _admin_dsn().rsplit("/", 1)[0]
+    yield base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
+    try:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except Exception:  # noqa: BLE001 - best effort clean-up
+        pass
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A ``sqlite+aiosqlite://`` URL of a fresh file in the test's temporary folder."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'cortx.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs twice: on a SQLite file and on the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            include_dashboard=False,
+            namespace=f"cortx-test-{uuid.uuid4().hex[:6]}",
+            log_to_driver=False,
+            num_cpus=4,
+        )
+    yield
+    ray.shutdown()
