@@ -1,0 +1,264 @@
+"""WorkflowPack models: the pack, its steps and their error handlers (FDD §5, §7, §8).
+
+One pydantic class per step type, joined in the :data:`Step` union discriminated by
+``type``. Models are frozen and refuse unknown fields; durations keep the FDD's unit
+suffixes (``initial_delay_ms``, ``timeout_seconds``).
+
+Step types (FDD §5.2, §7):
+
+* ``service_call`` (:class:`ServiceCallStep`): call a service from the service registry.
+* ``condition`` (:class:`ConditionStep`): evaluate ``condition``; run ``then`` or ``else``.
+* ``loop`` (:class:`LoopStep`): run ``steps`` once per item of ``collection``.
+* ``parallel`` (:class:`ParallelStep`): run ``steps`` as a group, concurrently where their
+  dependencies allow.
+
+Structural rules that need the whole pack (unique ids, dependencies, cycles, expressions)
+live in :mod:`dsl.validation`; these models only check the shape of each object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+__all__ = [
+    "ConditionStep",
+    "ErrorHandler",
+    "LoopStep",
+    "ParallelStep",
+    "RetryPolicy",
+    "ServiceCallStep",
+    "Step",
+    "WorkflowPack",
+    "iter_steps",
+    "DEFAULT_RETRY_ON",
+    "STEP_TYPES",
+]
+
+STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,99}$"
+PACK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+
+StepId = Annotated[str, StringConstraints(pattern=STEP_ID_PATTERN)]
+
+#: Error kinds retried when a policy does not say otherwise (FDD §8.1; 4xx answers are not).
+DEFAULT_RETRY_ON: tuple[str, ...] = ("timeout", "connection", "http_5xx", "http_429", "task_error")
+
+RetryOn = Literal["timeout", "connection", "http_5xx", "http_429", "http_4xx", "task_error"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(_Model):
+    """How a failing step is attempted again (FDD §8.1).
+
+    ``max_attempts`` counts every attempt, the first included. The delay before attempt
+    ``n + 1`` after attempt ``n`` failed is, for ``exponential``,
+    ``initial_delay_ms * multiplier ** (n - 1)``; for ``linear``, ``initial_delay_ms * n``;
+    for ``fixed``, ``initial_delay_ms``; always capped at ``max_delay_ms`` and then spread by
+    ``jitter`` (a fraction, 0 to 1, of the delay taken off at random).
+    """
+
+    max_attempts: int = Field(3, ge=1, le=10_000, description="Total attempts, the first included.")
+    backoff: Literal["exponential", "fixed", "linear"] = Field("exponential", description="Growth of the delay.")
+    initial_delay_ms: int = Field(1000, ge=0, le=86_400_000, description="Delay after the first failure, in ms.")
+    multiplier: float = Field(2.0, ge=1.0, le=100.0, description="Growth factor for exponential backoff.")
+    max_delay_ms: int = Field(60_000, ge=0, le=86_400_000, description="Cap on any one delay, in ms.")
+    jitter: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of each delay removed at random (0 to 1).")
+    retry_on: tuple[RetryOn, ...] = Field(DEFAULT_RETRY_ON, description="Error kinds that are retried.")
+    non_retryable_status: tuple[int, ...] = Field((), description="HTTP statuses never retried.")
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> RetryPolicy:
+        if self.max_delay_ms < self.initial_delay_ms:
+            raise ValueError(
+                f"max_delay_ms ({self.max_delay_ms}) must be at least initial_delay_ms ({self.initial_delay_ms})"
+            )
+        return self
+
+    def delay_ms(self, attempt: int) -> int:
+        """Delay in ms to wait after attempt ``attempt`` (1-based) failed, before jitter.
+
+        Computed without overflow for any attempt number: the exponent is applied only
+        while the result is below the cap.
+        """
+        if self.backoff == "fixed":
+            delay = float(self.initial_delay_ms)
+        elif self.backoff == "linear":
+            delay = float(self.initial_delay_ms) * max(attempt, 1)
+        else:
+            delay = float(self.initial_delay_ms)
+            for _ in range(max(attempt - 1, 0)):
+                if delay >= self.max_delay_ms:
+                    break
+                delay *= self.multiplier
+        return int(min(delay, self.max_delay_ms))
+
+
+class ErrorHandler(_Model):
+    """What happens when a step fails (FDD §2.3, §8): retry, then fallback, then compensate."""
+
+    retry: RetryPolicy | None = Field(None, description="Retry policy; without one the run's default applies.")
+    fallback: list[Step] = Field(default_factory=list, description="Steps run when the step has failed for good.")
+    compensate: list[Step] = Field(default_factory=list, description="Steps that undo completed work on failure.")
+
+
+class _StepBase(_Model):
+    id: StepId = Field(description="Unique across the whole pack, nested steps included.")
+    name: str | None = Field(None, description="Human-readable name.")
+    description: str | None = None
+    dependencies: list[StepId] = Field(default_factory=list, description="Ids of sibling steps that must finish first.")
+    outputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Named outputs computed from the step's raw `result` with ${ } templates.",
+    )
+    on_error: ErrorHandler | None = None
+    timeout_seconds: float | None = Field(None, gt=0, le=86_400, description="Limit on the step, in s.")
+
+    def children(self) -> Iterator[tuple[str, list[Step]]]:
+        """``(field, steps)`` for each list of nested steps this step owns (not error handlers)."""
+        return iter(())
+
+
+class ServiceCallStep(_StepBase):
+    """Call a service named in the service registry (FDD §2.4, §4.1).
+
+    The request body is the rendered ``inputs``; the raw ``result`` is the answer's JSON body.
+    """
+
+    type: Literal["service_call"]
+    service: str = Field(min_length=1, description="Service name in the service registry.")
+    endpoint: str | None = Field(None, description="Path below the service's base URL; the registry default otherwise.")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = Field(None, description="HTTP method.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (templates allowed).")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Request body; values may use ${ } templates.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ConditionStep(_StepBase):
+    """Run ``then`` when ``condition`` is true, else ``else`` (FDD §7.3).
+
+    The condition must evaluate to a boolean; anything else fails the step (no truthiness).
+    The steps of the branch not taken are recorded as ``skipped``.
+    """
+
+    type: Literal["condition"]
+    condition: str = Field(min_length=1, description="Expression that evaluates to true or false.")
+    then: list[Step] = Field(default_factory=list)
+    else_: list[Step] = Field(default_factory=list, alias="else")
+
+    def children(self) -> Iterator[tuple[str, list[Step]]]:
+        yield "then", self.then
+        yield "else", self.else_
+
+
+class LoopStep(_StepBase):
+    """Run ``steps`` once per item of ``collection`` (FDD §7.4).
+
+    Each iteration sees the item and its index under the names ``item`` and ``index``
+    (changeable with ``item_var`` / ``index_var``). The step's raw ``result`` is the list of
+    the iterations' results, each a mapping of body step id to that step's outputs.
+    """
+
+    type: Literal["loop"]
+    collection: str = Field(min_length=1, description="Expression that evaluates to a list.")
+    item_var: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "item"
+    index_var: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "index"
+    max_iterations: int | None = Field(None, ge=0, le=1_000_000, description="Fail the step past this many items.")
+    max_concurrency: int | None = Field(None, ge=1, le=10_000, description="Iterations run at once; 1 if unset.")
+    steps: list[Step] = Field(min_length=1)
+
+    def children(self) -> Iterator[tuple[str, list[Step]]]:
+        yield "steps", self.steps
+
+
+class ParallelStep(_StepBase):
+    """Run ``steps`` as one group, concurrently where their dependencies allow (FDD §7.2).
+
+    The raw ``result`` is a mapping of member id to that member's outputs.
+    """
+
+    type: Literal["parallel"]
+    steps: list[Step] = Field(min_length=1)
+
+    def children(self) -> Iterator[tuple[str, list[Step]]]:
+        yield "steps", self.steps
+
+
+Step = Annotated[
+    Union[ServiceCallStep, ConditionStep, LoopStep, ParallelStep],
+    Field(discriminator="type"),
+]
+
+STEP_TYPES: tuple[str, ...] = ("service_call", "condition", "loop", "parallel")
+
+
+class WorkflowPack(_Model):
+    """A deployable workflow definition (FDD §5.1).
+
+    ``inputs`` is a JSON Schema for the run inputs: either a full schema (an object with
+    ``type``/``properties``/``$schema``) or the shorthand ``{name: schema}``, read as the
+    properties of an object whose keys are all optional. ``outputs`` maps output names to
+    ``${ }`` templates evaluated when the run completes.
+    """
+
+    id: Annotated[str, StringConstraints(pattern=PACK_ID_PATTERN)] = Field(description="Pack id (a UUID or a slug).")
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1, max_length=64, description="Version string, e.g. \"1.0.0\".")
+    description: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict, description="JSON Schema of the run inputs.")
+    outputs: dict[str, Any] = Field(default_factory=dict, description="Run outputs as ${ } templates.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    isolation: Literal["shared", "dedicated"] = Field(
+        "shared", description="`dedicated` runs each execution in an ExecutionHost of its own."
+    )
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_text(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError(f'version must be a string; quote it in YAML: "{value}"')
+        return value
+
+    def input_schema(self) -> dict[str, Any]:
+        """The inputs as a full JSON Schema (shorthand expanded)."""
+        schema_keys = {"type", "properties", "$schema", "required", "additionalProperties", "$ref", "allOf", "anyOf"}
+        if not self.inputs:
+            return {"type": "object"}
+        if schema_keys & set(self.inputs):
+            return dict(self.inputs)
+        return {"type": "object", "properties": dict(self.inputs)}
+
+
+def iter_steps(steps: list[Step], pointer: str = "/steps") -> Iterator[tuple[str, Step, tuple[str, ...]]]:
+    """Every step in ``steps``, depth first, with its JSON pointer and the ids of its ancestors.
+
+    Yields ``(pointer, step, ancestors)``; nested lists (``then``, ``else``, ``steps``) and
+    error handlers (``on_error/fallback``, ``on_error/compensate``) are included.
+    """
+    for index, step in enumerate(steps):
+        yield from _iter_one(step, f"{pointer}/{index}", ())
+
+
+def _iter_one(step: Step, pointer: str, ancestors: tuple[str, ...]) -> Iterator[tuple[str, Step, tuple[str, ...]]]:
+    yield pointer, step, ancestors
+    inner = ancestors + (step.id,)
+    for field, children in step.children():
+        for index, child in enumerate(children):
+            yield from _iter_one(child, f"{pointer}/{field}/{index}", inner)
+    if step.on_error is not None:
+        for field in ("fallback", "compensate"):
+            for index, child in enumerate(getattr(step.on_error, field)):
+                yield from _iter_one(child, f"{pointer}/on_error/{field}/{index}", inner)
+
+
+for _model in (ErrorHandler, ServiceCallStep, ConditionStep, LoopStep, ParallelStep, WorkflowPack):
+    _model.model_rebuild()

@@ -1,0 +1,500 @@
+"""Pack validation in stages, every problem of a stage collected (house style §6).
+
+Stages, in order; a stage runs only when the ones before it found no error, because
+later stages need their results:
+
+1. syntax: YAML or JSON (:mod:`dsl.loader`), duplicate keys;
+2. schema: the pydantic models (unknown fields, unknown step types, wrong types);
+3. ids: step ids unique across the whole pack, nesting and error handlers included;
+4. dependencies: each names an existing sibling; no cycles, reported as paths
+   (``a -> b -> a``), also cycles that pass through a group and its members;
+5. expressions: conditions, collections and ``${ }`` templates parse; ``steps.<id>``
+   references name steps that are guaranteed to have finished first;
+6. services: every ``service_call`` names a service of the registry (when one is given);
+7. input schema: the pack's ``inputs`` is a valid JSON Schema.
+
+Every issue carries a JSON pointer, the YAML line and column, a stable code and a sentence.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+
+from dsl.errors import ExpressionError, InputValidationError, PackValidationError, ValidationIssue
+from dsl.expressions import parse_expression
+from dsl.loader import SourceMap, escape_pointer, parse_document
+from dsl.models import STEP_TYPES, ConditionStep, LoopStep, ServiceCallStep, Step, WorkflowPack, iter_steps
+from dsl.templates import compile_template
+
+__all__ = ["LoadedPack", "load_pack", "validate_document", "validate_inputs"]
+
+
+@dataclass(frozen=True)
+class LoadedPack:
+    """A validated pack with the warnings found and its source text (when it had one)."""
+
+    pack: WorkflowPack
+    warnings: tuple[ValidationIssue, ...]
+    document: dict[str, Any]
+    source_text: str | None = None
+
+
+def load_pack(
+    text: str,
+    source: str = "<pack>",
+    *,
+    services: Collection[str] | None = None,
+    fmt: str | None = None,
+) -> LoadedPack:
+    """Parse and validate a pack from YAML or JSON text.
+
+    Args:
+        text: the pack source.
+        source: a label for messages (file path, ``<request>``).
+        services: names in the service registry; ``None`` skips the service check.
+        fmt: ``"yaml"`` or ``"json"``; guessed from the text when omitted.
+
+    Returns:
+        The :class:`LoadedPack`.
+
+    Raises:
+        PackLoadError: the text is not YAML/JSON (message has the line and column).
+        PackValidationError: with every issue of the first stage that found errors.
+    """
+    parsed = parse_document(text, source, fmt=fmt)
+    if parsed.issues:
+        raise PackValidationError(parsed.issues, source)
+    loaded = validate_document(parsed.data, source, source_map=parsed.source_map, services=services)
+    return LoadedPack(loaded.pack, loaded.warnings, loaded.document, text)
+
+
+def validate_document(
+    data: Any,
+    source: str = "<pack>",
+    *,
+    source_map: SourceMap | None = None,
+    services: Collection[str] | None = None,
+) -> LoadedPack:
+    """Validate already-parsed pack data (a dict, e.g. from a JSON request body).
+
+    Raises:
+        PackValidationError: as :func:`load_pack`.
+    """
+    marks = source_map or SourceMap()
+
+    def located(issues: Iterable[ValidationIssue]) -> list[ValidationIssue]:
+        out = []
+        for issue in issues:
+            line, column = marks.locate(issue.pointer) if issue.line is None else (issue.line, issue.column)
+            out.append(ValidationIssue(issue.code, issue.pointer, issue.message, line, column, issue.severity))
+        return out
+
+    if not isinstance(data, dict):
+        raise PackValidationError(located([ValidationIssue("not_a_mapping", "", "a pack must be a mapping")]), source)
+    try:
+        pack = WorkflowPack.model_validate(data)
+    except ValidationError as exc:
+        raise PackValidationError(located(_schema_issues(exc, data)), source) from None
+
+    for stage in (_id_issues, _dependency_issues, _expression_issues):
+        issues = located(stage(pack))
+        if any(i.severity == "error" for i in issues):
+            raise PackValidationError(issues, source)
+    issues = located(_service_issues(pack, services) + _input_schema_issues(pack))
+    if issues:
+        raise PackValidationError(issues, source)
+    return LoadedPack(pack, (), data)
+
+
+def validate_inputs(pack: WorkflowPack, inputs: Any) -> None:
+    """Check run inputs against the pack's input schema (JSON Schema, draft 2020-12).
+
+    Raises:
+        InputValidationError: with every violation and its pointer into the inputs.
+    """
+    if not isinstance(inputs, dict):
+        raise InputValidationError([ValidationIssue("inputs_not_object", "", "inputs must be a JSON object")])
+    validator = jsonschema.Draft202012Validator(pack.input_schema())
+    issues = [
+        ValidationIssue("input_schema", "".join(f"/{escape_pointer(p)}" for p in err.absolute_path), err.message)
+        for err in sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if issues:
+        raise InputValidationError(issues)
+
+
+# --- stage 2: schema -------------------------------------------------------------------------
+
+
+def _schema_issues(exc: ValidationError, data: Any) -> list[ValidationIssue]:
+    issues: list[ValidationIssue] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        pointer, node = _pointer_for(err["loc"], data)
+        kind = err["type"]
+        if kind == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag")
+            issue = ValidationIssue(
+                "unknown_step_type",
+                pointer + "/type",
+                f"unknown step type {tag!r}; expected one of {', '.join(STEP_TYPES)}",
+            )
+        elif kind == "union_tag_not_found":
+            issue = ValidationIssue(
+                "missing_step_type", pointer, f"step has no 'type'; expected one of {', '.join(STEP_TYPES)}"
+            )
+        elif kind == "extra_forbidden":
+            name = pointer.rsplit("/", 1)[-1]
+            issue = ValidationIssue("unknown_field", pointer, f"unknown field {name!r}")
+        elif kind == "missing":
+            name = pointer.rsplit("/", 1)[-1]
+            issue = ValidationIssue("missing_field", pointer, f"missing required field {name!r}")
+        elif kind == "string_pattern_mismatch" and pointer.endswith("/id"):
+            issue = ValidationIssue(
+                "bad_id",
+                pointer,
+                f"id {node!r} must start with a letter and hold only letters, digits, '-' and '_' (at most 100)",
+            )
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            issue = ValidationIssue("invalid_value", pointer, f"{message} (got {_short(node)})")
+        if (issue.pointer, issue.code) not in seen:
+            seen.add((issue.pointer, issue.code))
+            issues.append(issue)
+    return issues
+
+
+def _pointer_for(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
+    """Map a pydantic error location to a JSON pointer into ``data``.
+
+    Discriminated unions insert the tag (``service_call``) into the location; it is not a
+    key of the document, so it is dropped here.
+    """
+    pointer, node = "", data
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                node = node[part]
+                pointer += f"/{escape_pointer(part)}"
+            elif node.get("type") == part:
+                continue
+            else:
+                pointer += f"/{escape_pointer(part)}"
+                node = None
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            pointer += f"/{part}"
+        else:
+            pointer += f"/{escape_pointer(part)}"
+            node = None
+    return pointer, node
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- stage 3: ids ----------------------------------------------------------------------------
+
+
+def _id_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+    first: dict[str, str] = {}
+    issues = []
+    for pointer, step, _ in iter_steps(pack.steps):
+        if step.id in first:
+            issues.append(
+                ValidationIssue(
+                    "duplicate_id",
+                    pointer + "/id",
+                    f"duplicate step id {step.id!r}: ids must be unique across the pack "
+                    f"(first defined at {first[step.id]})",
+                )
+            )
+        else:
+            first[step.id] = pointer + "/id"
+    return issues
+
+
+# --- stage 4: dependencies -------------------------------------------------------------------
+
+
+def _blocks(pack: WorkflowPack) -> Iterable[tuple[str, list[Step]]]:
+    """Every list of sibling steps with its pointer: top level, nested lists, error handlers."""
+    yield "/steps", pack.steps
+    for pointer, step, _ in iter_steps(pack.steps):
+        for field, children in step.children():
+            yield f"{pointer}/{field}", children
+        if step.on_error is not None:
+            yield f"{pointer}/on_error/fallback", step.on_error.fallback
+            yield f"{pointer}/on_error/compensate", step.on_error.compensate
+
+
+def _dependency_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+    all_ids = {step.id for _, step, _ in iter_steps(pack.steps)}
+    issues: list[ValidationIssue] = []
+    # Graph of "must finish before": each step has a start and an end node; a container's
+    # start precedes its members' starts and its members' ends precede its end. A cycle in
+    # this graph is a cycle among steps, including one that passes through a group.
+    edges: dict[str, set[str]] = {}
+
+    def edge(a: str, b: str) -> None:
+        edges.setdefault(a, set()).add(b)
+
+    for block_pointer, steps in _blocks(pack):
+        siblings = {s.id for s in steps}
+        for index, step in enumerate(steps):
+            edge(f"S:{step.id}", f"E:{step.id}")
+            for field, children in step.children():
+                for child in children:
+                    edge(f"S:{step.id}", f"S:{child.id}")
+                    edge(f"E:{child.id}", f"E:{step.id}")
+            for dep_index, dep in enumerate(step.dependencies):
+                pointer = f"{block_pointer}/{index}/dependencies/{dep_index}"
+                if dep not in all_ids:
+                    hint = difflib.get_close_matches(dep, sorted(all_ids), n=1)
+                    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                    issues.append(
+                        ValidationIssue(
+                            "unknown_dependency", pointer, f"step {step.id!r} depends on unknown step {dep!r}{extra}"
+                        )
+                    )
+                    continue
+                if dep == step.id:
+                    issues.append(
+                        ValidationIssue("dependency_cycle", pointer, f"dependency cycle: step {dep!r} depends on itself ({dep} -> {dep})")
+                    )
+                    continue
+                edge(f"E:{dep}", f"S:{step.id}")
+                if dep not in siblings:
+                    issues.append(
+                        ValidationIssue(
+                            "dependency_not_sibling",
+                            pointer,
+                            f"step {step.id!r} depends on {dep!r}, which is not in the same list of steps; "
+                            "a step may depend only on its siblings",
+                        )
+                    )
+    for cycle in _cycles(edges):
+        ids = []
+        for node in cycle:
+            name = node[2:]
+            if not ids or ids[-1] != name:
+                ids.append(name)
+        if len(ids) > 1 and ids[0] == ids[-1]:
+            ids.pop()
+        path = " -> ".join(ids + [ids[0]])
+        pointer = _pointer_of_step(pack, ids[0])
+        issues.append(ValidationIssue("dependency_cycle", pointer + "/dependencies", f"dependency cycle: {path}"))
+    return issues
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected group found by depth-first search (iterative)."""
+    color: dict[str, int] = {}
+    found: list[list[str]] = []
+    reported: set[frozenset[str]] = set()
+    for root in sorted(edges):
+        if color.get(root):
+            continue
+        stack: list[tuple[str, Iterable[str]]] = [(root, iter(sorted(edges.get(root, ()))))]
+        path = [root]
+        color[root] = 1
+        while stack:
+            node, children = stack[-1]
+            advanced = False
+            for child in children:
+                state = color.get(child, 0)
+                if state == 0:
+                    color[child] = 1
+                    stack.append((child, iter(sorted(edges.get(child, ())))))
+                    path.append(child)
+                    advanced = True
+                    break
+                if state == 1:
+                    cycle = path[path.index(child):]
+                    key = frozenset(n[2:] for n in cycle)
+                    if key not in reported:
+                        reported.add(key)
+                        found.append(cycle)
+            if not advanced:
+                color[node] = 2
+                stack.pop()
+                path.pop()
+    return found
+
+
+def _pointer_of_step(pack: WorkflowPack, step_id: str) -> str:
+    for pointer, step, _ in iter_steps(pack.steps):
+        if step.id == step_id:
+            return pointer
+    return "/steps"
+
+
+# --- stage 5: expressions and references ------------------------------------------------------
+
+
+def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+    issues: list[ValidationIssue] = []
+    visible = _visible_steps(pack)
+    all_ids = {step.id for _, step, _ in iter_steps(pack.steps)}
+
+    def check_refs(pointer: str, refs: Iterable[str], allowed: set[str], where: str) -> None:
+        for ref in sorted(set(refs)):
+            if ref not in all_ids:
+                issues.append(ValidationIssue("unknown_step_reference", pointer, f"{where} refers to unknown step {ref!r}"))
+            elif ref not in allowed:
+                issues.append(
+                    ValidationIssue(
+                        "step_reference_not_ready",
+                        pointer,
+                        f"{where} refers to steps.{ref}, which is not guaranteed to have finished first; "
+                        f"add {ref!r} (or a step containing it) to the dependencies",
+                    )
+                )
+
+    def check_expr(pointer: str, text: str, allowed: set[str], where: str) -> None:
+        try:
+            expr = parse_expression(text)
+        except ExpressionError as exc:
+            issues.append(ValidationIssue(exc.code, pointer, exc.message()))
+            return
+        check_refs(pointer, expr.step_references(), allowed, where)
+
+    def check_template(pointer: str, value: Any, allowed: set[str], where: str) -> None:
+        # Compiled string by string, so a syntax error points at the string it is in.
+        for sub_pointer, text in _strings(value, pointer):
+            try:
+                template = compile_template(text)
+            except ExpressionError as exc:
+                issues.append(ValidationIssue(exc.code, sub_pointer, exc.message()))
+                continue
+            for _, expr in template.expressions():
+                check_refs(sub_pointer, expr.step_references(), allowed, where)
+
+    for pointer, step, _ in iter_steps(pack.steps):
+        before = visible[step.id]
+        where = f"step {step.id!r}"
+        if isinstance(step, ConditionStep):
+            check_expr(pointer + "/condition", step.condition, before, where)
+        if isinstance(step, LoopStep):
+            check_expr(pointer + "/collection", step.collection, before, where)
+        if isinstance(step, ServiceCallStep):
+            check_template(pointer + "/inputs", step.inputs, before, where)
+            check_template(pointer + "/headers", step.headers, before, where)
+            if step.endpoint is not None:
+                check_template(pointer + "/endpoint", step.endpoint, before, where)
+        # A step's own outputs mapping also sees its nested steps (and itself, for errors).
+        inner = before | {step.id} | _exported(step)
+        check_template(pointer + "/outputs", step.outputs, inner, where)
+    top_level: set[str] = set()
+    for step in pack.steps:
+        top_level |= {step.id} | _exported(step)
+    check_template("/outputs", pack.outputs, top_level, "pack outputs")
+    return issues
+
+
+def _strings(value: Any, pointer: str) -> Iterable[tuple[str, str]]:
+    """Every string in a JSON value with its pointer (mapping keys are not templates)."""
+    if isinstance(value, str):
+        yield pointer, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{pointer}/{escape_pointer(key)}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{pointer}/{index}")
+
+
+def _exported(step: Step) -> set[str]:
+    """Ids of nested steps whose results are visible after ``step`` ends.
+
+    A loop's body steps run once per item; outside the loop only the loop's own outputs
+    (the list of iterations) exist, so they are not exported.
+    """
+    if isinstance(step, LoopStep):
+        return set()
+    out: set[str] = set()
+    for _, children in step.children():
+        for child in children:
+            out.add(child.id)
+            out |= _exported(child)
+    return out
+
+
+def _visible_steps(pack: WorkflowPack) -> dict[str, set[str]]:
+    """For each step, the steps guaranteed to have finished (or been skipped) before it starts.
+
+    Those are, for the step and each of its ancestors, the transitive sibling dependencies
+    together with everything nested in them; a fallback or compensation step also sees the
+    step it belongs to.
+    """
+    result: dict[str, set[str]] = {}
+
+    def closure(steps: list[Step]) -> dict[str, set[str]]:
+        by_id = {s.id: s for s in steps}
+        memo: dict[str, set[str]] = {}
+
+        def deps(step_id: str, trail: frozenset[str]) -> set[str]:
+            if step_id in memo:
+                return memo[step_id]
+            out: set[str] = set()
+            for dep in by_id[step_id].dependencies:
+                if dep in by_id and dep not in trail:
+                    out.add(dep)
+                    out |= _exported(by_id[dep])
+                    out |= deps(dep, trail | {dep})
+            memo[step_id] = out
+            return out
+
+        return {s.id: deps(s.id, frozenset({s.id})) for s in steps}
+
+    def walk(steps: list[Step], inherited: set[str]) -> None:
+        local = closure(steps)
+        for step in steps:
+            seen = inherited | local[step.id]
+            result[step.id] = seen
+            for _, children in step.children():
+                walk(children, seen)
+            if step.on_error is not None:
+                handler_view = seen | {step.id} | _exported(step)
+                walk(step.on_error.fallback, handler_view)
+                walk(step.on_error.compensate, handler_view)
+
+    walk(pack.steps, set())
+    return result
+
+
+# --- stages 6 and 7 ---------------------------------------------------------------------------
+
+
+def _service_issues(pack: WorkflowPack, services: Collection[str] | None) -> list[ValidationIssue]:
+    if services is None:
+        return []
+    known = sorted(services)
+    issues = []
+    for pointer, step, _ in iter_steps(pack.steps):
+        if isinstance(step, ServiceCallStep) and step.service not in services:
+            issues.append(
+                ValidationIssue(
+                    "unknown_service",
+                    pointer + "/service",
+                    f"service {step.service!r} is not in the service registry (known: {', '.join(known) or 'none'})",
+                )
+            )
+    return issues
+
+
+def _input_schema_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+    try:
+        jsonschema.Draft202012Validator.check_schema(pack.input_schema())
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"/{escape_pointer(p)}" for p in exc.path)
+        return [ValidationIssue("bad_input_schema", "/inputs" + where, f"inputs is not a valid JSON Schema: {exc.message}")]
+    return []

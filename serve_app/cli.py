@@ -1,0 +1,241 @@
+"""The ``cortx-workflow`` command line.
+
+Commands::
+
+    cortx-workflow validate PACK [--json] [--services FILE]
+    cortx-workflow run PACK --inputs FILE_OR_JSON [--json] [--services FILE]
+    cortx-workflow status EXECUTION_ID [--json]
+    cortx-workflow demo-services [--port PORT] [--latency-ms MS] [--fail PATH=N[:STATUS]]
+
+``DATABASE_URL`` selects the database for all of them (a SQLite file in the working folder
+by default). The service registry is ``--services``, else ``CORTX_SERVICE_REGISTRY``, else a
+``services.yaml`` beside the pack.
+
+Exit codes: 0 success (a run that completed); 1 bad input (unreadable or invalid pack,
+bad inputs, unknown execution id, bad configuration); 2 wrong usage; 3 a run that ended
+``failed`` or ``cancelled``. Errors are one line on stderr, never a traceback (set
+``CORTX_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dsl.errors import InputValidationError, PackLoadError, PackValidationError, WorkflowError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cortx-workflow", description="Run durable WorkflowPacks on Ray (CORTX Workflow Service)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check a pack; print every problem with its place")
+    validate.add_argument("pack", help="pack file (YAML or JSON)")
+    validate.add_argument("--json", action="store_true", help="print the result as JSON")
+    validate.add_argument("--services", help="service registry YAML (default: services.yaml beside the pack)")
+
+    run = sub.add_parser("run", help="run a pack on Ray and wait for it")
+    run.add_argument("pack", help="pack file (YAML or JSON)")
+    run.add_argument("--inputs", default="{}", help="inputs: a JSON file or JSON text (default {})")
+    run.add_argument("--json", action="store_true", help="print only the final execution record as JSON")
+    run.add_argument("--services", help="service registry YAML (default: services.yaml beside the pack)")
+    run.add_argument("--timeout", type=float, help="run timeout in s (options.timeout_seconds)")
+    run.add_argument("--max-retries", type=int, help="retries for steps without a policy (options.max_retries)")
+    run.add_argument("--isolation", choices=["shared", "dedicated"], help="host the run on a host of its own")
+
+    status = sub.add_parser("status", help="print an execution's record from the database")
+    status.add_argument("execution_id")
+    status.add_argument("--json", action="store_true", help="print the record as JSON")
+
+    demo = sub.add_parser("demo-services", help="serve the demo Validation/Compliance/Ledger services")
+    demo.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700)")
+    demo.add_argument("--latency-ms", type=int, default=0, help="delay every business call by this many ms")
+    demo.add_argument(
+        "--fail", action="append", default=[], metavar="PATH=N[:STATUS]", help="fail the first N calls to PATH"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cortx-workflow`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        handler = {"validate": _validate, "run": _run, "status": _status, "demo-services": _demo}[args.command]
+        return handler(args)
+    except PackValidationError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_INPUT
+    except InputValidationError as exc:
+        for issue in exc.issues:
+            print(f"inputs{issue.pointer or ''}: {issue.message}", file=sys.stderr)
+        return EXIT_INPUT
+    except WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if os.environ.get("CORTX_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set CORTX_DEBUG=1 for details)", file=sys.stderr)
+        return 70
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _registry_path(args: argparse.Namespace) -> str | None:
+    if args.services:
+        return args.services
+    if os.environ.get("CORTX_SERVICE_REGISTRY"):
+        return os.environ["CORTX_SERVICE_REGISTRY"]
+    beside = Path(args.pack).resolve().parent / "services.yaml"
+    return str(beside) if beside.is_file() else None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from actors.registry import ServiceRegistry
+    from dsl.loader import read_text
+    from dsl.validation import load_pack
+
+    registry_path = _registry_path(args)
+    services = ServiceRegistry.load(registry_path).names() if registry_path else None
+    try:
+        loaded = load_pack(read_text(args.pack), args.pack, services=services)
+    except PackValidationError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "issues": [i.to_dict() for i in exc.issues]}, indent=2))
+            return EXIT_INPUT
+        raise
+    except PackLoadError as exc:
+        if args.json:
+            issue = {"code": exc.code, "pointer": "", "message": exc.reason, "line": exc.line, "column": exc.column}
+            print(json.dumps({"valid": False, "issues": [issue]}, indent=2))
+            return EXIT_INPUT
+        raise
+    count = sum(1 for _ in __import__("dsl.models", fromlist=["iter_steps"]).iter_steps(loaded.pack.steps))
+    if args.json:
+        print(json.dumps({"valid": True, "id": loaded.pack.id, "version": loaded.pack.version, "steps": count, "issues": []}))
+    else:
+        print(f"{args.pack}: valid ({loaded.pack.id} {loaded.pack.version}, {count} steps)")
+    return EXIT_OK
+
+
+def _read_inputs(value: str) -> dict[str, Any]:
+    from dsl.loader import read_text
+
+    text, label = value, "--inputs"
+    if os.path.exists(value) or value.endswith(".json"):
+        text, label = read_text(value), value
+    elif not value.lstrip().startswith(("{", "[")):
+        raise PackLoadError("--inputs", f"{value!r} is neither an existing file nor JSON text")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PackLoadError(label, f"inputs are not valid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    if not isinstance(data, dict):
+        raise PackLoadError(label, "inputs must be a JSON object")
+    return data
+
+
+def _run(args: argparse.Namespace) -> int:
+    from actors.driver import WorkflowClient, coerce_pack
+
+    client = WorkflowClient.from_env(registry_path=_registry_path(args))
+    loaded = coerce_pack(args.pack, services=client.registry.names())
+    inputs = _read_inputs(args.inputs)
+    options: dict[str, Any] = {}
+    if args.timeout is not None:
+        options["timeout_seconds"] = args.timeout
+    if args.max_retries is not None:
+        options["max_retries"] = args.max_retries
+    if args.isolation:
+        options["isolation"] = args.isolation
+    from dsl.validation import validate_inputs
+
+    validate_inputs(loaded.pack, inputs)
+    import ray
+
+    try:
+        execution_id = client.start(loaded, inputs, options=options)
+        if not args.json:
+            print(f"execution {execution_id} started ({loaded.pack.id} {loaded.pack.version})", flush=True)
+            for event in client.watch(execution_id):
+                line = _event_line(event)
+                if line:
+                    print(line, flush=True)
+        record = client.wait(execution_id)
+    finally:
+        ray.shutdown()
+    _print_record(record, args.json)
+    return EXIT_OK if record["status"] == "completed" else EXIT_RUN_FAILED
+
+
+def _status(args: argparse.Namespace) -> int:
+    from actors.driver import read_record
+    from actors.settings import Settings
+
+    settings = Settings.from_env()
+    record = asyncio.run(read_record(settings.database_url, args.execution_id))
+    _print_record(record, args.json)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from serve_app.demo_services import parse_fault, serve
+
+    faults = [parse_fault(text) for text in args.fail]
+    serve(port=args.port, latency_ms=args.latency_ms, faults=faults)
+    return EXIT_OK
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _event_line(event: dict[str, Any]) -> str | None:
+    kind = event.get("type", "")
+    key = event.get("step_key", "")
+    attempt = event.get("attempt", 1)
+    suffix = f" (attempt {attempt})" if attempt and attempt > 1 else ""
+    if kind == "step.started":
+        return f"  -> {key} started{suffix}"
+    if kind == "step.completed":
+        return f"  ok {key} completed in {event.get('duration_ms', 0)} ms{suffix}"
+    if kind == "step.failed":
+        return f"  !! {key} failed{suffix}: {event.get('error', '')}"
+    if kind == "step.retrying":
+        return f"  .. {key} retrying in {event.get('delay_ms', 0)} ms"
+    if kind == "execution.resumed":
+        return "  resumed from checkpoints"
+    return None
+
+
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record, indent=2, sort_keys=False))
+        return
+    print(f"execution {record['execution_id']}: {record['status']} in {record.get('duration_ms')} ms")
+    print(f"  pack: {record.get('workflow_pack_id')} {record.get('version')}")
+    print(f"  completed steps: {', '.join(record.get('completed_steps') or []) or '-'}")
+    if record.get("error"):
+        print(f"  error: {record['error']}")
+    if record.get("outputs") is not None:
+        print(f"  outputs: {json.dumps(record['outputs'])}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

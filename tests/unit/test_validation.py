@@ -1,0 +1,171 @@
+"""Pack validation: invalid packs as case files, plus the rules that need code to state."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dsl.errors import PackLoadError, PackValidationError
+from dsl.validation import load_pack, validate_document, validate_inputs
+
+CASES = Path(__file__).parent / "invalid_packs"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+EXPECT = re.compile(r"^# expect: (\S+)(?: (\S+))?(?: (\d+))?\s*$", re.M)
+
+
+def _expectations(text: str) -> list[tuple[str, str | None, int | None]]:
+    return [(code, pointer, int(line) if line else None) for code, pointer, line in EXPECT.findall(text)]
+
+
+@pytest.mark.parametrize("case", sorted(CASES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_invalid_pack_reports_code_pointer_and_line(case: Path) -> None:
+    text = case.read_text()
+    expected = _expectations(text)
+    assert expected, f"{case.name} has no '# expect:' line"
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(text, case.name)
+    issues = caught.value.issues
+    for code, pointer, line in expected:
+        matching = [i for i in issues if i.code == code and (pointer in (None, "") or i.pointer == pointer)]
+        assert matching, f"expected {code} at {pointer}; got {[(i.code, i.pointer) for i in issues]}"
+        if line is not None:
+            assert matching[0].line == line, f"{code} at {pointer}: line {matching[0].line}, expected {line}"
+
+
+def test_every_problem_of_a_stage_is_reported_at_once() -> None:
+    text = (CASES / "unknown-field-and-type.yaml").read_text()
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(text, "x.yaml")
+    assert len(caught.value.issues) >= 3
+    lines = caught.value.lines()
+    assert all(line.startswith("x.yaml:") for line in lines)
+
+
+def test_cycle_message_names_the_path() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack((CASES / "two-cycle.yaml").read_text())
+    messages = " ".join(i.message for i in caught.value.issues)
+    assert re.search(r"cycle: (a -> b -> a|b -> a -> b)", messages), messages
+
+
+def test_self_dependency_names_the_step() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack((CASES / "self-dependency.yaml").read_text())
+    (issue,) = [i for i in caught.value.issues if i.code == "dependency_cycle"]
+    assert "'b'" in issue.message and "itself" in issue.message
+
+
+def test_cycle_through_group_is_reported_as_a_cycle() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack((CASES / "cycle-through-group.yaml").read_text())
+    cycles = [i.message for i in caught.value.issues if i.code == "dependency_cycle"]
+    assert cycles and all(name in cycles[0] for name in ("g1", "grp", "after"))
+
+
+def test_unknown_dependency_suggests_the_close_name() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack((CASES / "unknown-dependency.yaml").read_text())
+    message = caught.value.issues[0].message
+    assert "'valdiate'" in message and "'save'" in message and "did you mean 'validate'" in message
+
+
+def test_duplicate_id_message_says_duplicate_and_where_first() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack((CASES / "duplicate-id-nested.yaml").read_text())
+    message = caught.value.issues[0].message
+    assert "duplicate" in message and "'notify'" in message and "/steps/0/id" in message
+
+
+def test_not_yaml_names_line_and_column() -> None:
+    with pytest.raises(PackLoadError) as caught:
+        load_pack("id: x\nsteps: [\n  - a: b\n", "broken.yaml")
+    assert caught.value.line is not None and str(caught.value).startswith("broken.yaml:")
+
+
+def test_json_syntax_error_names_line() -> None:
+    with pytest.raises(PackLoadError) as caught:
+        load_pack('{"id": "x",\n "steps": [}', "p.json")
+    assert caught.value.line == 2
+
+
+def test_empty_and_non_mapping_documents() -> None:
+    with pytest.raises(PackLoadError):
+        load_pack("   \n", "empty.yaml")
+    with pytest.raises(PackValidationError) as caught:
+        load_pack("- just\n- a list\n", "list.yaml")
+    assert caught.value.issues[0].code == "not_a_mapping"
+
+
+def test_python_and_other_tags_are_refused() -> None:
+    for text in ("id: !!python/object/apply:os.system ['echo hi']\n", "id: !custom x\n", "id: !!binary aGk=\n"):
+        with pytest.raises(PackValidationError) as caught:
+            load_pack(text, "evil.yaml")
+        assert caught.value.issues[0].code == "yaml_tag", text
+
+
+def test_unknown_service_is_reported_when_a_registry_is_given() -> None:
+    text = "id: p\nname: p\nversion: '1'\nsteps:\n  - {id: a, type: service_call, service: nope}\n"
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(text, services={"validation"})
+    assert caught.value.issues[0].code == "unknown_service"
+    assert load_pack(text).pack.steps[0].id == "a"  # without a registry, not checked
+
+
+def test_loop_body_outputs_are_not_visible_after_the_loop() -> None:
+    pack = {
+        "id": "p", "name": "p", "version": "1",
+        "outputs": {"x": "${ steps.inner.outputs }"},
+        "steps": [{"id": "each", "type": "loop", "collection": "inputs.items",
+                   "steps": [{"id": "inner", "type": "service_call", "service": "s"}]}],
+    }
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(pack)
+    assert caught.value.issues[0].code == "step_reference_not_ready"
+
+
+def test_references_through_dependencies_and_groups_are_allowed() -> None:
+    pack = {
+        "id": "p", "name": "p", "version": "1",
+        "outputs": {"a": "${ steps.member.outputs }", "n": "${ length(steps.each.outputs) }"},
+        "steps": [
+            {"id": "grp", "type": "parallel", "steps": [{"id": "member", "type": "service_call", "service": "s"}]},
+            {"id": "each", "type": "loop", "collection": "inputs.items", "dependencies": ["grp"],
+             "steps": [{"id": "body", "type": "service_call", "service": "s",
+                        "inputs": {"m": "${ steps.member.outputs }", "i": "${ item }"}}]},
+        ],
+    }
+    assert validate_document(pack).pack.id == "p"
+
+
+def test_example_packs_are_valid_against_their_registry() -> None:
+    from actors.registry import ServiceRegistry
+
+    services = ServiceRegistry.load(EXAMPLES / "services.yaml").names()
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        if path.name == "services.yaml":
+            continue
+        loaded = load_pack(path.read_text(), str(path), services=services)
+        assert loaded.pack.steps
+
+
+def test_inputs_are_checked_against_the_schema_with_every_violation() -> None:
+    loaded = load_pack((EXAMPLES / "loan-approval.yaml").read_text())
+    from dsl.errors import InputValidationError
+
+    with pytest.raises(InputValidationError) as caught:
+        validate_inputs(loaded.pack, {"applicant": {"id": 7}, "amount": -1})
+    pointers = {i.pointer for i in caught.value.issues}
+    assert "/amount" in pointers and "/applicant/id" in pointers and "" in pointers  # items missing
+
+
+def test_shorthand_input_schema_leaves_keys_optional() -> None:
+    pack = validate_document(
+        {"id": "p", "name": "p", "version": "1", "inputs": {"items": {"type": "array"}},
+         "steps": [{"id": "a", "type": "service_call", "service": "s"}]}
+    ).pack
+    validate_inputs(pack, {})
+    with pytest.raises(Exception) as caught:
+        validate_inputs(pack, {"items": "no"})
+    assert "/items" in str(caught.value)
