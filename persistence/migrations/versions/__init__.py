@@ -1,1 +1,1 @@
-"""(placeholder)"""
+"""Alembic revision scripts, applied in order by ``alembic upgrade head``."""

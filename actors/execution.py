@@ -1,0 +1,241 @@
+"""The ExecutionActor: the single owner of one run's state, hosted in an ExecutionHost.
+
+One ExecutionActor exists per run while it runs. It claims the run in the database (which
+bumps the run's ``owner_epoch``, the fencing token every later write is checked against),
+loads the pack snapshot and any checkpoints, drives a :class:`~actors.scheduler.Scheduler`,
+and writes the final record. It is the :class:`~actors.scheduler.Journal` of its scheduler:
+each step attempt's checkpoint is written in one transaction with the run's progress
+(``current_step``, ``completed_steps``), and the run's events are kept for live watchers.
+
+A database that cannot be reached is waited for: a checkpoint write is retried with
+backoff until it succeeds, so a run pauses rather than fails (the write is first-write-wins,
+so a retry after an ambiguous commit does not write twice). A :class:`~dsl.errors.FencedError`
+means another owner took the run over; this one stops without writing anything more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from actors.registry import ServiceRegistry
+from actors.scheduler import RunOutcome, Scheduler, StepRunner
+from actors.settings import Settings
+from dsl.errors import FencedError, WorkflowError
+from dsl.models import Step, WorkflowPack
+from dsl.state import ExecutionStatus, is_terminal
+from persistence.records import ExecutionRecord, StepCheckpoint
+from persistence.store import Store
+
+__all__ = ["ExecutionActor", "MAX_EVENTS_KEPT"]
+
+log = logging.getLogger("cortx.execution")
+
+#: Events kept in memory per run for live watchers (the database keeps the checkpoints).
+MAX_EVENTS_KEPT = 10_000
+
+
+class ExecutionActor:
+    """Owns one run: claims it, runs its scheduler, records checkpoints, ends it.
+
+    Args:
+        execution_id: the run (its row must exist in ``store``).
+        store: the database.
+        registry: service registry for ``service_call`` steps.
+        settings: engine settings (``MAX_PARALLEL_STEPS`` and friends).
+        runner: does step work (Ray tasks in a host).
+    """
+
+    def __init__(
+        self,
+        execution_id: str,
+        *,
+        store: Store,
+        registry: ServiceRegistry,
+        settings: Settings,
+        runner: StepRunner,
+    ) -> None:
+        self.execution_id = execution_id
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._runner = runner
+        self._epoch = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._events: list[dict[str, Any]] = []
+        self._seq = 0
+        self._changed = asyncio.Condition()
+        self._started_keys: set[str] = set()
+        self._finished_keys: set[str] = set()
+        self.final: dict[str, Any] | None = None
+
+    # --- life -----------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        """Run to the end; return the final status record (FDD §3.2 shape).
+
+        Raises:
+            asyncio.CancelledError: the host is shutting down (the run stays resumable).
+        """
+        self._task = asyncio.current_task()
+        record = await self._store.claim_execution(self.execution_id)
+        if is_terminal(record.status):
+            self._append("execution.already_finished", status=record.status)
+            self.final = record.to_status_dict()
+            await self._notify()
+            return self.final
+        self._epoch = record.owner_epoch
+        checkpoints = await self._store.load_checkpoints(self.execution_id)
+        await self._emit("execution.started" if not checkpoints else "execution.resumed", checkpoints=len(checkpoints))
+        scheduler = self._scheduler(record, checkpoints)
+        try:
+            outcome = await scheduler.run()
+        except asyncio.CancelledError:
+            if not self._cancel_requested:
+                raise
+            outcome = RunOutcome(
+                ExecutionStatus.CANCELLED,
+                error="cancelled by request",
+                error_detail={"kind": "cancelled", "never_ran": self._never_ran(scheduler.pack)},
+            )
+        except FencedError:
+            log.warning("execution %s: another owner took over; stopping", self.execution_id)
+            raise
+        return await self._finish(outcome)
+
+    def cancel(self) -> bool:
+        """Ask the run to stop: nothing new starts and in-flight step tasks are cancelled.
+
+        Returns:
+            False when the run had already ended.
+        """
+        if self.final is not None or self._task is None or self._task.done():
+            return False
+        self._cancel_requested = True
+        self._task.cancel()
+        return True
+
+    def _scheduler(self, record: ExecutionRecord, checkpoints: list[StepCheckpoint]) -> Scheduler:
+        options = record.options or {}
+        return Scheduler(
+            WorkflowPack.model_validate(record.pack_document),
+            execution_id=self.execution_id,
+            inputs=record.inputs,
+            runner=self._runner,
+            journal=self,
+            registry=self._registry,
+            max_parallel_steps=self._settings.max_parallel_steps,
+            default_retry_count=self._settings.default_retry_count,
+            timeout_seconds=float(options.get("timeout_seconds") or self._settings.workflow_timeout_seconds),
+            max_retries=options.get("max_retries"),
+            checkpoints=checkpoints,
+            context=record.context,
+        )
+
+    async def _finish(self, outcome: RunOutcome) -> dict[str, Any]:
+        record = await self._with_db_retry(
+            lambda: self._store.finish_execution(
+                self.execution_id,
+                owner_epoch=self._epoch,
+                status=outcome.status.value,
+                outputs=outcome.outputs,
+                error=outcome.error,
+                error_detail=outcome.error_detail,
+            )
+        )
+        # The last event goes in before ``final`` is set, so a watcher that sees the run
+        # done has also seen its last event.
+        self._append(f"execution.{record.status}", error=outcome.error)
+        self.final = record.to_status_dict()
+        await self._notify()
+        return self.final
+
+    def _never_ran(self, pack: WorkflowPack) -> list[str]:
+        from dsl.models import iter_steps
+
+        return [s.id for _, s, _ in iter_steps(pack.steps) if s.id not in self._started_ids()]
+
+    def _started_ids(self) -> set[str]:
+        return {key.rsplit("/", 1)[-1] for key in self._started_keys}
+
+    # --- Journal --------------------------------------------------------------------------
+
+    async def step_started(self, step_key: str, step: Step, attempt: int) -> None:
+        """Record that a step attempt starts: ``current_step`` and an event."""
+        self._started_keys.add(step_key)
+        await self._with_db_retry(
+            lambda: self._store.set_current_step(self.execution_id, owner_epoch=self._epoch, step_key=step_key)
+        )
+        await self._emit("step.started", step_key=step_key, step_type=step.type, attempt=attempt)
+
+    async def step_ended(self, checkpoint: StepCheckpoint, *, completed_step: str | None) -> None:
+        """Write the attempt's checkpoint and the run's progress in one transaction."""
+        await self._with_db_retry(
+            lambda: self._store.write_checkpoint(
+                checkpoint, owner_epoch=self._epoch, current_step=checkpoint.step_key, completed_step=completed_step
+            )
+        )
+        await self._emit(
+            f"step.{checkpoint.status}",
+            step_key=checkpoint.step_key,
+            step_type=checkpoint.step_type,
+            attempt=checkpoint.attempt,
+            duration_ms=checkpoint.duration_ms,
+            error=(checkpoint.error or {}).get("message"),
+        )
+
+    async def step_retrying(self, step_key: str, attempt: int, delay_ms: int, error: Mapping[str, Any]) -> None:
+        """Emit a ``step.retrying`` event (the failed attempt is already checkpointed)."""
+        await self._emit("step.retrying", step_key=step_key, attempt=attempt, delay_ms=delay_ms, error=error.get("message"))
+
+    async def _with_db_retry(self, action: Any) -> Any:
+        """Run a database write; on a connection failure wait and try again (runs wait, not fail)."""
+        delay = 0.1
+        while True:
+            try:
+                return await action()
+            except (WorkflowError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - driver errors are many; all mean "try again"
+                log.warning("execution %s: database write failed (%s); retrying in %.1f s", self.execution_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def _emit(self, kind: str, **fields: Any) -> None:
+        self._append(kind, **fields)
+        await self._notify()
+
+    def _append(self, kind: str, **fields: Any) -> None:
+        self._seq += 1
+        event = {"seq": self._seq, "type": kind, "at": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+        self._events.append(event)
+        if len(self._events) > MAX_EVENTS_KEPT:
+            del self._events[: len(self._events) - MAX_EVENTS_KEPT]
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def events_after(self, seq: int, timeout_s: float) -> dict[str, Any]:
+        """Events with ``seq`` above ``seq``, waiting up to ``timeout_s`` s for one.
+
+        Returns:
+            ``{"events": [...], "done": bool}``; ``done`` once the run has ended.
+        """
+        deadline = time.monotonic() + timeout_s
+        async with self._changed:
+            while not [e for e in self._events[-1:] if e["seq"] > seq] and self.final is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    break
+        return {"events": [e for e in self._events if e["seq"] > seq], "done": self.final is not None}

@@ -1,0 +1,559 @@
+"""The scheduler: drives one run's step graph. Plain asyncio; no Ray, no database.
+
+The :class:`~actors.execution.ExecutionActor` is a thin shell around a :class:`Scheduler`
+(house style §15): the scheduler decides what runs when, and reaches the world through two
+seams given to it, a :class:`StepRunner` (does a step's work: a service call) and a
+:class:`Journal` (records that a step started and ended: checkpoints and events).
+
+Rules it applies (FDD §2, §7, §8):
+
+* Steps of one list run in dependency order; steps with no dependency between them run
+  concurrently. Work steps in flight at once are capped at ``MAX_PARALLEL_STEPS`` per run.
+* ``condition``, ``loop`` and ``parallel`` are control steps evaluated here, without a task.
+* A step fails its list, which cancels its running siblings and fails the enclosing step,
+  up to the run (error propagation, FDD §2.3). A skipped step (the branch not taken)
+  counts as finished for anything that depends on it.
+* A failing work step is retried per its retry policy, else ``options.max_retries``, else
+  ``DEFAULT_RETRY_COUNT`` retries, with backoff (FDD §8.1). Which errors are retried is the
+  policy's ``retry_on``; a 4xx answer is not retried unless asked.
+* Resume is replay: a work step whose completed checkpoint exists returns its stored
+  outputs without running; control steps are evaluated again, which is deterministic
+  because they read only inputs and checkpointed outputs. Failed attempts already recorded
+  count against the step's ``max_attempts``.
+
+Step keys identify one execution of one step: the step id, prefixed inside loops by the
+loop id and iteration (``process-items[3]/validate-item``). The idempotency key of a step's
+outbound call is ``<execution_id>/<step_key>``: the same on every attempt and resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from actors.registry import ServiceRegistry
+from dsl.errors import ConfigurationError, ExpressionError
+from dsl.expressions import Expression, parse_expression
+from dsl.models import ConditionStep, LoopStep, ParallelStep, RetryPolicy, ServiceCallStep, Step, WorkflowPack
+from dsl.state import ExecutionStatus, StepStatus
+from dsl.templates import Template, compile_template
+from persistence.records import StepCheckpoint
+
+__all__ = ["Journal", "RunOutcome", "Scheduler", "ServiceRequest", "StepFailure", "StepRunner"]
+
+
+@dataclass(frozen=True)
+class ServiceRequest:
+    """One attempt of a ``service_call`` step, fully resolved.
+
+    Attributes:
+        method: HTTP method.
+        url: absolute URL (registry base URL joined with the endpoint).
+        json_body: request body (rendered ``inputs``), or None.
+        headers: registry headers plus the step's rendered headers.
+        timeout_seconds: per-call timeout, in s.
+        idempotency_key: ``<execution_id>/<step_key>``, sent as ``Idempotency-Key``.
+        execution_id: the run.
+        step_key: the step execution.
+        attempt: 1-based attempt number.
+    """
+
+    method: str
+    url: str
+    json_body: Any
+    headers: dict[str, str]
+    timeout_seconds: float
+    idempotency_key: str
+    execution_id: str
+    step_key: str
+    attempt: int
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`actors.http_call.call_http`."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "json_body": self.json_body,
+            "headers": self.headers,
+            "timeout_seconds": self.timeout_seconds,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+class StepRunner(Protocol):
+    """Does the work of a step attempt. Never raises for the work's own failure."""
+
+    async def call_service(self, request: ServiceRequest) -> dict[str, Any]:
+        """Return ``{"ok": True, "status", "body"}`` or ``{"ok": False, "error": {...}}``."""
+        ...
+
+
+class Journal(Protocol):
+    """Where the scheduler records progress (checkpoints, events)."""
+
+    async def step_started(self, step_key: str, step: Step, attempt: int) -> None:
+        """A step (attempt) is about to run."""
+        ...
+
+    async def step_ended(self, checkpoint: StepCheckpoint, *, completed_step: str | None) -> None:
+        """A step attempt ended; ``completed_step`` is its key when the step completed."""
+        ...
+
+    async def step_retrying(self, step_key: str, attempt: int, delay_ms: int, error: Mapping[str, Any]) -> None:
+        """Attempt ``attempt`` failed and the step will run again after ``delay_ms``."""
+        ...
+
+
+class StepFailure(Exception):
+    """A step failed for good; ``error`` is the record (step, step_key, kind, message, attempts)."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: status, outputs (completed) or error (failed)."""
+
+    status: ExecutionStatus
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    error_detail: dict[str, Any] | None = None
+
+
+@dataclass
+class _Frame:
+    """What expressions in one list of steps can see: step results and loop variables."""
+
+    steps: dict[str, dict[str, Any]]
+    variables: dict[str, Any] = field(default_factory=dict)
+    prefix: str = ""
+
+    def child(self, prefix: str | None = None, variables: Mapping[str, Any] | None = None) -> _Frame:
+        merged = dict(self.variables)
+        merged.update(variables or {})
+        return _Frame(dict(self.steps), merged, self.prefix if prefix is None else prefix)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Scheduler:
+    """Runs one execution of a pack to its end.
+
+    Args:
+        pack: the validated pack.
+        execution_id: the run's id.
+        inputs: run inputs (already validated against the pack's schema).
+        runner: does step work.
+        journal: records progress.
+        registry: resolves service names to URLs.
+        max_parallel_steps: work steps in flight at once (FDD §6 ``MAX_PARALLEL_STEPS``).
+        default_retry_count: retries for steps without a policy when ``options`` has no
+            ``max_retries`` (FDD §6 ``DEFAULT_RETRY_COUNT``).
+        timeout_seconds: run timeout in s (``options.timeout_seconds`` or
+            ``WORKFLOW_TIMEOUT_SECONDS``).
+        max_retries: ``options.max_retries`` of the execute request, or None.
+        checkpoints: checkpoints of an earlier incarnation of this run, for resume.
+        context: the shared execution context (FDD §2.2).
+        sleep: coroutine used for backoff delays (s).
+        rand: source of jitter in [0, 1).
+    """
+
+    def __init__(
+        self,
+        pack: WorkflowPack,
+        *,
+        execution_id: str,
+        inputs: Mapping[str, Any],
+        runner: StepRunner,
+        journal: Journal,
+        registry: ServiceRegistry,
+        max_parallel_steps: int = 10,
+        default_retry_count: int = 3,
+        timeout_seconds: float = 300.0,
+        max_retries: int | None = None,
+        checkpoints: list[StepCheckpoint] | tuple[StepCheckpoint, ...] = (),
+        context: Mapping[str, Any] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.pack = pack
+        self.execution_id = execution_id
+        self.inputs = dict(inputs)
+        self.context = dict(context or {})
+        self._runner = runner
+        self._journal = journal
+        self._registry = registry
+        self._slots = asyncio.Semaphore(max_parallel_steps)
+        self._default_retries = default_retry_count if max_retries is None else max_retries
+        self._timeout_seconds = timeout_seconds
+        self._sleep = sleep
+        self._rand = rand
+        self._completed: dict[str, StepCheckpoint] = {}
+        self._failed_attempts: dict[str, int] = {}
+        for cp in checkpoints:
+            if cp.status == StepStatus.COMPLETED.value:
+                self._completed[cp.step_key] = cp
+            elif cp.status == StepStatus.FAILED.value:
+                self._failed_attempts[cp.step_key] = max(self._failed_attempts.get(cp.step_key, 0), cp.attempt)
+        self._expressions: dict[str, Expression] = {}
+        self._templates: dict[tuple[int, str], Template] = {}
+        self.root = _Frame({})
+
+    # --- entry point ----------------------------------------------------------------------
+
+    async def run(self) -> RunOutcome:
+        """Run the pack; return the outcome. Cancellation of the calling task propagates."""
+        try:
+            async with asyncio.timeout(self._timeout_seconds) as deadline:
+                await self._run_block(self.pack.steps, self.root)
+        except StepFailure as failure:
+            return self._failed(failure.error)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            return self._failed(
+                {
+                    "step": None,
+                    "kind": "timeout",
+                    "message": f"execution timed out after {self._timeout_seconds:g} s",
+                    "retryable": False,
+                }
+            )
+        try:
+            outputs = self._template(self.pack, "outputs").render(self._scope(self.root)) if self.pack.outputs else {}
+        except ExpressionError as exc:
+            return self._failed({"step": None, "kind": "expression", "message": f"pack outputs: {exc}"})
+        return RunOutcome(ExecutionStatus.COMPLETED, outputs=outputs)
+
+    @staticmethod
+    def _failed(error: dict[str, Any]) -> RunOutcome:
+        step = error.get("step")
+        attempts = error.get("attempts")
+        if step:
+            tries = f" after {attempts} attempt(s)" if attempts else ""
+            message = f"step {step!r} failed{tries}: {error.get('message')}"
+        else:
+            message = str(error.get("message"))
+        return RunOutcome(ExecutionStatus.FAILED, error=message, error_detail=error)
+
+    # --- graph ----------------------------------------------------------------------------
+
+    async def _run_block(self, steps: list[Step], frame: _Frame) -> None:
+        """Run sibling steps in dependency order, independent ones concurrently; fail fast."""
+        pending = list(steps)
+        finished: set[str] = set()
+        running: dict[asyncio.Task[None], Step] = {}
+        try:
+            while pending or running:
+                ready = [s for s in pending if all(d in finished for d in s.dependencies)]
+                for step in ready:
+                    pending.remove(step)
+                    running[asyncio.ensure_future(self._run_step(step, frame))] = step
+                if not running:
+                    # Validation rules this out; guard against a hang all the same.
+                    ids = ", ".join(s.id for s in pending)
+                    raise StepFailure({"step": pending[0].id, "kind": "internal", "message": f"unreachable steps: {ids}"})
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    task.result()
+                    finished.add(step.id)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _run_step(self, step: Step, frame: _Frame) -> None:
+        key = frame.prefix + step.id
+        if isinstance(step, ServiceCallStep):
+            outputs = await self._service_call(step, frame, key)
+        else:
+            outputs = await self._control_step(step, frame, key)
+        frame.steps[step.id] = {"status": StepStatus.COMPLETED.value, "outputs": outputs, "error": None}
+
+    # --- control steps --------------------------------------------------------------------
+
+    async def _control_step(self, step: Step, frame: _Frame, key: str) -> Any:
+        started = _now()
+        await self._journal.step_started(key, step, 1)
+        try:
+            if isinstance(step, ConditionStep):
+                raw = await self._condition(step, frame)
+            elif isinstance(step, LoopStep):
+                raw = await self._loop(step, frame, key)
+            elif isinstance(step, ParallelStep):
+                child = frame.child()
+                await self._run_block(step.steps, child)
+                frame.steps.update(child.steps)
+                raw = {s.id: child.steps[s.id]["outputs"] for s in step.steps}
+            else:  # pragma: no cover - the Step union is closed
+                raise StepFailure({"step": step.id, "kind": "internal", "message": f"unknown step type {step.type}"})
+            outputs = self._map_outputs(step, frame, raw, {})
+        except _StepError as exc:
+            error = {"step": step.id, "step_key": key, "kind": exc.kind, "message": exc.message, "attempts": 1}
+            await self._record(step, key, 1, StepStatus.FAILED, None, error, started)
+            raise StepFailure(error) from None
+        if key not in self._completed:
+            await self._record(step, key, 1, StepStatus.COMPLETED, outputs, None, started)
+        return outputs
+
+    async def _condition(self, step: ConditionStep, frame: _Frame) -> dict[str, Any]:
+        value = self._evaluate(step.condition, frame, f"condition of step {step.id!r}")
+        if not isinstance(value, bool):
+            raise _StepError(
+                "expression",
+                f"condition `{step.condition}` of step {step.id!r} must be true or false, "
+                f"got {_describe(value)}",
+            )
+        taken, other = (step.then, step.else_) if value else (step.else_, step.then)
+        child = frame.child()
+        await self._run_block(taken, child)
+        frame.steps.update(child.steps)
+        for skipped in other:
+            frame.steps.setdefault(skipped.id, {"status": StepStatus.SKIPPED.value, "outputs": None, "error": None})
+        return {"branch": "then" if value else "else", "value": value}
+
+    async def _loop(self, step: LoopStep, frame: _Frame, key: str) -> list[Any]:
+        items = self._evaluate(step.collection, frame, f"collection of step {step.id!r}")
+        if not isinstance(items, list):
+            raise _StepError(
+                "expression", f"collection `{step.collection}` of step {step.id!r} must be a list, got {_describe(items)}"
+            )
+        if step.max_iterations is not None and len(items) > step.max_iterations:
+            raise _StepError(
+                "max_iterations",
+                f"loop {step.id!r} has {len(items)} items, more than max_iterations {step.max_iterations}",
+            )
+        results: list[Any] = [None] * len(items)
+
+        async def iteration(index: int) -> None:
+            child = frame.child(
+                prefix=f"{key}[{index}]/", variables={step.item_var: items[index], step.index_var: index}
+            )
+            await self._run_block(step.steps, child)
+            results[index] = {s.id: child.steps[s.id]["outputs"] for s in step.steps}
+
+        width = step.max_concurrency or 1
+        if width == 1:
+            for index in range(len(items)):
+                await iteration(index)
+        else:
+            gate = asyncio.Semaphore(width)
+
+            async def gated(index: int) -> None:
+                async with gate:
+                    await iteration(index)
+
+            tasks = [asyncio.ensure_future(gated(i)) for i in range(len(items))]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return results
+
+    # --- work steps -----------------------------------------------------------------------
+
+    async def _service_call(self, step: ServiceCallStep, frame: _Frame, key: str) -> Any:
+        done = self._completed.get(key)
+        if done is not None:
+            return done.outputs
+        scope = self._scope(frame)
+        attempt = self._failed_attempts.get(key, 0) + 1
+        policy = self._policy(step)
+        started = _now()
+        try:
+            body = self._template(step, "inputs").render(scope) if step.inputs else None
+            headers = self._template(step, "headers").render(scope) if step.headers else {}
+            endpoint = self._template(step, "endpoint").render(scope) if step.endpoint is not None else None
+            call = self._registry.resolve(step.service, endpoint, step.method)
+        except (ExpressionError, ConfigurationError) as exc:
+            kind = "expression" if isinstance(exc, ExpressionError) else "configuration"
+            error = {"step": step.id, "step_key": key, "kind": kind, "message": str(exc), "attempts": attempt}
+            await self._record(step, key, attempt, StepStatus.FAILED, None, error, started)
+            raise StepFailure(error) from None
+        idempotency_key = f"{self.execution_id}/{key}"
+        while True:
+            if attempt > policy.max_attempts:
+                error = {
+                    "step": step.id,
+                    "step_key": key,
+                    "kind": "attempts_exhausted",
+                    "message": f"all {policy.max_attempts} attempts were used before the run resumed",
+                    "attempts": attempt - 1,
+                }
+                raise StepFailure(error)
+            await self._journal.step_started(key, step, attempt)
+            started = _now()
+            request = ServiceRequest(
+                method=call.method,
+                url=call.url,
+                json_body=body,
+                headers={**call.headers, **headers},
+                timeout_seconds=min(call.timeout_seconds, step.timeout_seconds or call.timeout_seconds),
+                idempotency_key=idempotency_key,
+                execution_id=self.execution_id,
+                step_key=key,
+                attempt=attempt,
+            )
+            async with self._slots:
+                result = await self._attempt(request, step.timeout_seconds)
+            if result.get("ok"):
+                response = {"status": result.get("status"), "body": result.get("body")}
+                try:
+                    outputs = self._map_outputs(step, frame, result.get("body"), {"response": response})
+                except _StepError as exc:
+                    error = {"step": step.id, "step_key": key, "kind": exc.kind, "message": exc.message, "attempts": attempt}
+                    await self._record(step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key)
+                    raise StepFailure(error) from None
+                await self._record(step, key, attempt, StepStatus.COMPLETED, outputs, None, started, idempotency_key)
+                return outputs
+            error = dict(result.get("error") or {"kind": "internal", "message": "no result"})
+            will_retry = attempt < policy.max_attempts and _retryable(error, policy)
+            error.update(step=step.id, step_key=key, attempts=attempt, will_retry=will_retry)
+            await self._record(step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key)
+            if not will_retry:
+                raise StepFailure(error)
+            delay_ms = self._delay_ms(policy, attempt, error.get("retry_after_s"))
+            await self._journal.step_retrying(key, attempt, delay_ms, error)
+            await self._sleep(delay_ms / 1000)
+            attempt += 1
+
+    async def _attempt(self, request: ServiceRequest, timeout_seconds: float | None) -> dict[str, Any]:
+        """One call through the runner; the step timeout is enforced here, outside the task."""
+        if timeout_seconds is None:
+            return await self._runner.call_service(request)
+        try:
+            return await asyncio.wait_for(self._runner.call_service(request), timeout_seconds)
+        except TimeoutError:
+            return {
+                "ok": False,
+                "error": {
+                    "kind": "timeout",
+                    "message": f"step timed out after {timeout_seconds:g} s",
+                    "retryable": True,
+                    "status": None,
+                },
+            }
+
+    def _policy(self, step: Step) -> RetryPolicy:
+        if step.on_error is not None and step.on_error.retry is not None:
+            return step.on_error.retry
+        return RetryPolicy(max_attempts=self._default_retries + 1)
+
+    def _delay_ms(self, policy: RetryPolicy, attempt: int, retry_after_s: Any) -> int:
+        delay = policy.delay_ms(attempt)
+        if policy.jitter:
+            delay = int(delay * (1 - policy.jitter * self._rand()))
+        if isinstance(retry_after_s, (int, float)) and retry_after_s > 0:
+            # The callee asked for a pause; honour it, within the policy's cap.
+            delay = max(delay, min(int(retry_after_s * 1000), policy.max_delay_ms))
+        return delay
+
+    # --- helpers --------------------------------------------------------------------------
+
+    async def _record(
+        self,
+        step: Step,
+        key: str,
+        attempt: int,
+        status: StepStatus,
+        outputs: Any,
+        error: dict[str, Any] | None,
+        started: datetime,
+        idempotency_key: str | None = None,
+    ) -> None:
+        checkpoint = StepCheckpoint(
+            execution_id=self.execution_id,
+            step_key=key,
+            attempt=attempt,
+            step_id=step.id,
+            step_type=step.type,
+            status=status.value,
+            outputs=outputs,
+            error=error,
+            idempotency_key=idempotency_key,
+            started_at=started,
+            ended_at=_now(),
+        )
+        completed = key if status is StepStatus.COMPLETED else None
+        await self._journal.step_ended(checkpoint, completed_step=completed)
+        if completed:
+            self._completed[key] = checkpoint
+
+    def _scope(self, frame: _Frame, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        scope = {"inputs": self.inputs, "context": self.context, "steps": frame.steps, **frame.variables}
+        if extra:
+            scope.update(extra)
+        return scope
+
+    def _expression(self, text: str) -> Expression:
+        expr = self._expressions.get(text)
+        if expr is None:
+            expr = self._expressions[text] = parse_expression(text)
+        return expr
+
+    def _template(self, owner: Any, field_name: str) -> Template:
+        cache_key = (id(owner), field_name)
+        template = self._templates.get(cache_key)
+        if template is None:
+            template = self._templates[cache_key] = compile_template(getattr(owner, field_name))
+        return template
+
+    def _evaluate(self, text: str, frame: _Frame, what: str) -> Any:
+        try:
+            return self._expression(text).evaluate(self._scope(frame))
+        except ExpressionError as exc:
+            raise _StepError("expression", f"{what}: {exc}") from None
+
+    def _map_outputs(self, step: Step, frame: _Frame, raw: Any, extra: Mapping[str, Any]) -> Any:
+        if not step.outputs:
+            return raw
+        try:
+            return self._template(step, "outputs").render(self._scope(frame, {"result": raw, **extra}))
+        except ExpressionError as exc:
+            raise _StepError("expression", f"outputs of step {step.id!r}: {exc}") from None
+
+
+class _StepError(Exception):
+    """A step's own logic failed (bad expression, bound exceeded): not retried."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind, self.message = kind, message
+
+
+def _retryable(error: Mapping[str, Any], policy: RetryPolicy) -> bool:
+    """Whether ``error`` may be retried under ``policy`` (``retry_on``, ``non_retryable_status``)."""
+    status = error.get("status")
+    if isinstance(status, int) and status in policy.non_retryable_status:
+        return False
+    kind = error.get("kind")
+    if kind == "http_status" and isinstance(status, int):
+        if status == 429:
+            return "http_429" in policy.retry_on
+        if status >= 500:
+            return "http_5xx" in policy.retry_on
+        if 400 <= status < 500:
+            return "http_4xx" in policy.retry_on
+        return False
+    return kind in policy.retry_on
+
+
+def _describe(value: Any) -> str:
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "object"}
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{names.get(type(value), type(value).__name__)} {text}"

@@ -1,0 +1,250 @@
+"""Database URLs, async engines and schema migrations.
+
+* :func:`normalize_url` accepts ``postgresql+asyncpg://``, ``sqlite+aiosqlite:///`` and
+  their plain forms (``postgresql://``, ``sqlite:///``, rewritten to the async drivers);
+  anything else is a :class:`~dsl.errors.ConfigurationError` naming ``DATABASE_URL``.
+* :func:`create_engine_for` builds the engine. SQLite: the parent folder is created,
+  every connection gets ``PRAGMA busy_timeout=10000``, ``journal_mode=WAL`` and
+  ``foreign_keys=ON``, the pool holds exactly one connection (so a process funnels its
+  writes through one connection), and SQLAlchemy (not the sqlite3 driver) emits
+  ``BEGIN`` — ``BEGIN IMMEDIATE`` for connections carrying the :data:`WRITE_OPTION`
+  execution option, so a write transaction takes SQLite's write lock up front instead
+  of failing to upgrade a read lock when another process wrote in between.
+  PostgreSQL: ``pool_pre_ping``, the requested pool size, a small overflow and a
+  connect timeout.
+* :func:`run_migrations` runs Alembic ``upgrade head`` in one transaction on the
+  engine, without an ``alembic.ini``. Concurrent migrators are serialised: PostgreSQL
+  by ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, SQLite by ``BEGIN IMMEDIATE``
+  (plus one retry on "already exists" as a belt-and-braces measure).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from dsl.errors import ConfigurationError
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "MIGRATIONS_DIR",
+    "MIGRATION_LOCK_KEY",
+    "SETTING",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "WRITE_OPTION",
+    "alembic_config",
+    "check_schema",
+    "create_engine_for",
+    "mask_url",
+    "normalize_url",
+    "probe",
+    "run_migrations",
+]
+
+#: The setting every configuration error names.
+SETTING: Final = "DATABASE_URL"
+_URL_RULE: Final = "must be a postgresql+asyncpg://, sqlite+aiosqlite:/// or memory:// URL"
+#: Folder holding ``env.py`` and ``versions/``.
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+#: Key of the PostgreSQL advisory lock held while migrating ("CORTXWF1" as 8 bytes).
+MIGRATION_LOCK_KEY: Final = int.from_bytes(b"CORTXWF1", "big") & 0x7FFF_FFFF_FFFF_FFFF
+#: Seconds to wait for a PostgreSQL connection before giving up.
+CONNECT_TIMEOUT_S: Final = 10.0
+#: How long a SQLite statement waits for another process's lock, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+#: Execution option: begin the transaction as a writer (``BEGIN IMMEDIATE`` on SQLite).
+WRITE_OPTION: Final = "cortx_write"
+
+_PG_DRIVERS: Final = frozenset({"postgresql", "postgresql+asyncpg"})
+_SQLITE_DRIVERS: Final = frozenset({"sqlite", "sqlite+aiosqlite"})
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def mask_url(url: str | URL) -> str:
+    """``url`` as text with its password replaced by ``***`` (works on unparseable text too)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL and point it at the async driver.
+
+    Args:
+        url: ``postgresql+asyncpg://user:pw@host:port/db``, ``postgresql://...``,
+            ``sqlite+aiosqlite:///path/to/file.db`` or ``sqlite:///path``.
+
+    Returns:
+        The URL with driver ``postgresql+asyncpg`` or ``sqlite+aiosqlite``.
+
+    Raises:
+        ConfigurationError: (``DATABASE_URL``) any other scheme, an unparseable URL, or
+            a SQLite URL without a file path (in-memory SQLite: use ``memory://``).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(SETTING, url, _URL_RULE)
+    try:
+        parsed = make_url(url.strip())
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(SETTING, mask_url(url), _URL_RULE) from exc
+    if parsed.drivername in _PG_DRIVERS:
+        return parsed.set(drivername="postgresql+asyncpg")
+    if parsed.drivername in _SQLITE_DRIVERS:
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
+            raise ConfigurationError(
+                SETTING, mask_url(parsed), "a SQLite URL needs a file path (sqlite+aiosqlite:///path/to/file.db)"
+            )
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ConfigurationError(SETTING, mask_url(parsed), _URL_RULE)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy emit BEGIN (see _on_sqlite_begin) instead of the sqlite3 driver,
+    # which would skip it for SELECT and DDL statements.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    writer = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+
+def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
+    """Create the async engine for a normalised URL (see module docstring for settings).
+
+    Args:
+        url: result of :func:`normalize_url`.
+        pool_size: PostgreSQL connections kept open (ignored for SQLite, which uses one).
+
+    Raises:
+        ConfigurationError: ``pool_size`` < 1, or the SQLite folder cannot be created.
+    """
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigurationError("pool_size", pool_size, "must be an integer >= 1")
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        try:
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(SETTING, mask_url(url), f"cannot create the database folder: {exc}") from exc
+        engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=60)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+        return engine
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=min(2, pool_size),
+        connect_args={"timeout": CONNECT_TIMEOUT_S},
+    )
+
+
+def _reason(exc: BaseException, url: URL) -> str:
+    """One line naming the driver-level cause of ``exc``, with the password removed."""
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    message = lines[0] if lines else ""
+    if url.password:
+        message = message.replace(str(url.password), "***")
+    name = type(cause).__name__
+    return f"{name}: {message}" if message else name
+
+
+async def probe(engine: AsyncEngine) -> None:
+    """Open one connection and run ``SELECT 1``.
+
+    Raises:
+        ConfigurationError: (``DATABASE_URL``, masked URL) the database cannot be reached;
+            the rule names the driver's reason, e.g. ``ConnectionRefusedError: ...``.
+    """
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - every driver failure becomes one configuration error
+        raise ConfigurationError(
+            SETTING, mask_url(engine.url), f"cannot connect to the database: {_reason(exc, engine.url)}"
+        ) from exc
+
+
+def alembic_config() -> Config:
+    """An Alembic ``Config`` pointing at :data:`MIGRATIONS_DIR` (no ini file needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held until the transaction ends: a second migrator waits here, then finds head.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _already_exists(exc: BaseException) -> bool:
+    return "already exists" in str(exc).lower()
+
+
+async def run_migrations(engine: AsyncEngine) -> None:
+    """Upgrade the schema to the newest revision, in one transaction.
+
+    Safe to call from several processes (or engines) at once on a fresh database.
+
+    Raises:
+        ConfigurationError: (``DATABASE_URL``) the migration failed; the rule carries
+            the driver's reason.
+    """
+    writer = engine.execution_options(**{WRITE_OPTION: True})
+    for attempt in (1, 2):
+        try:
+            async with writer.begin() as conn:
+                await conn.run_sync(_upgrade_sync)
+            return
+        except (DBAPIError, sqlite3.Error) as exc:
+            if attempt == 1 and _already_exists(exc):
+                continue  # another migrator won the race; the retry sees its tables
+            raise ConfigurationError(
+                SETTING, mask_url(engine.url), f"schema migration failed: {_reason(exc, engine.url)}"
+            ) from exc
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Refuse a database whose schema is not at the newest revision (used when not migrating).
+
+    Raises:
+        ConfigurationError: (``DATABASE_URL``) the schema is missing or at another revision.
+    """
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current_revision)
+    if current != head:
+        raise ConfigurationError(
+            SETTING,
+            mask_url(engine.url),
+            f"database schema is at revision {current!r}, expected {head!r}; run the migrations (migrate=True)",
+        )

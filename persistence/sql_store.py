@@ -1,0 +1,427 @@
+"""``SqlStore``: the durable :class:`~persistence.store.Store` on SQLAlchemy async (PostgreSQL or SQLite).
+
+Every public method runs in one transaction on one pooled connection. Write
+transactions are opened on an engine carrying :data:`persistence.engine.WRITE_OPTION`
+(``BEGIN IMMEDIATE`` on SQLite; a plain ``BEGIN`` on PostgreSQL).
+
+Fencing. An execution's ``owner_epoch`` is bumped by every :meth:`SqlStore.claim_execution`;
+the caller keeps the returned epoch as its token. Every later write by that owner
+(``write_checkpoint``, ``set_current_step``, ``finish_execution``) is an ``UPDATE ...
+WHERE execution_id = :id AND owner_epoch = :epoch AND status IN ('queued', 'running')``;
+when no row matches, the transaction is rolled back and the store raises
+:class:`~dsl.errors.FencedError` (or :class:`~dsl.errors.ExecutionNotFoundError` if the row
+does not exist at all).
+
+The hot path, :meth:`SqlStore.write_checkpoint`, is two statements in one transaction:
+``INSERT ... ON CONFLICT DO NOTHING`` of the checkpoint (first write wins), then the fenced
+``UPDATE`` of the execution, which appends the completed step key to ``completed_steps``
+in SQL (``jsonb ||`` on PostgreSQL, ``json_insert`` on SQLite) only when the checkpoint
+row was new and the key is not already listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, NoReturn
+
+from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from dsl.errors import ExecutionNotFoundError, FencedError, PackConflictError
+from persistence.engine import WRITE_OPTION
+from persistence.models import (
+    EXECUTIONS,
+    PACKS,
+    STEP_CHECKPOINTS,
+    checkpoint_from_row,
+    execution_from_row,
+    json_type,
+    pack_from_row,
+)
+from persistence.records import (
+    ACTIVE_STATUSES,
+    FINISH_STATUSES,
+    MAX_STEP_KEY,
+    STATUS_QUEUED,
+    STATUS_RUNNING,
+    TERMINAL_STATUSES,
+    ExecutionRecord,
+    PackRecord,
+    StepCheckpoint,
+    as_utc,
+    content_hash,
+    utc_now,
+)
+from persistence.validation import (
+    check_checkpoint,
+    check_length,
+    check_limit,
+    check_new_execution,
+    check_new_pack,
+    normalize_execution_id,
+    plain_status,
+    status_filter,
+)
+
+__all__ = ["SqlStore"]
+
+_TS = EXECUTIONS.c.updated_at.type
+
+
+def _ts(value: datetime) -> ColumnElement[Any]:
+    """A timestamptz bind parameter (asyncpg refuses aware datetimes for plain ``timestamp``)."""
+    return bindparam(None, value, type_=_TS)
+
+
+class _Refused(Exception):
+    """Internal: a fenced UPDATE matched no row; the transaction must roll back."""
+
+
+class SqlStore:
+    """Durable store on a SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine`.
+
+    Build it with :func:`persistence.store.open_store`, which also migrates the schema.
+
+    Args:
+        engine: an engine made by :func:`persistence.engine.create_engine_for`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._dialect = engine.dialect.name
+        self._closed = False
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine (for diagnostics and tests; do not write through it)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return self._dialect
+
+    async def close(self) -> None:
+        """Dispose of the connection pool. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._engine.dispose()
+
+    async def __aenter__(self) -> SqlStore:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+
+    def _insert(self, table: Any) -> Any:
+        return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+
+    def _append_step(self, step_key: str) -> ColumnElement[Any]:
+        """SQL for ``completed_steps`` with ``step_key`` appended unless already present."""
+        col = EXECUTIONS.c.completed_steps
+        if self._dialect == "postgresql":
+            one = func.jsonb_build_array(cast(bindparam(None, step_key, type_=String), String))
+            return case((col.op("@>", is_comparison=True)(one), col), else_=col.op("||")(one))
+        each = func.json_each(col).table_valued("value")
+        present = exists(select(literal(1)).select_from(each).where(each.c.value == step_key))
+        return case((present, col), else_=func.json_insert(col, "$[#]", step_key))
+
+    async def _refuse(self, execution_id: str, given_id: str, owner_epoch: int) -> NoReturn:
+        """Raise NotFound if the row is gone, else FencedError (epoch lost or run terminal)."""
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(select(EXECUTIONS.c.owner_epoch).where(EXECUTIONS.c.execution_id == execution_id))
+        if found is None:
+            raise ExecutionNotFoundError(given_id)
+        raise FencedError(execution_id, owner_epoch)
+
+    def _fenced(self, execution_id: str, owner_epoch: int) -> Any:
+        return update(EXECUTIONS).where(
+            EXECUTIONS.c.execution_id == execution_id,
+            EXECUTIONS.c.owner_epoch == owner_epoch,
+            EXECUTIONS.c.status.in_(ACTIVE_STATUSES),
+        )
+
+    # ------------------------------------------------------------------ packs
+
+    async def save_pack(
+        self, pack_id: str, version: str, document: dict, source_text: str | None = None
+    ) -> PackRecord:
+        """Store a pack version, idempotently. See :meth:`persistence.store.Store.save_pack`."""
+        self._check_open()
+        check_new_pack(pack_id, version, document, source_text)
+        digest = content_hash(document)
+        key = (PACKS.c.pack_id == pack_id) & (PACKS.c.version == version)
+        async with self._writer.begin() as conn:
+            await conn.execute(
+                self._insert(PACKS)
+                .values(
+                    pack_id=pack_id,
+                    version=version,
+                    document=document,
+                    source_text=source_text,
+                    content_hash=digest,
+                    deprecated=False,
+                    created_at=_ts(utc_now()),
+                )
+                .on_conflict_do_nothing(index_elements=["pack_id", "version"])
+            )
+            row = (await conn.execute(select(PACKS).where(key))).mappings().one()
+        if row["content_hash"] != digest:
+            raise PackConflictError(pack_id, version)
+        return pack_from_row(row)
+
+    async def get_pack(self, pack_id: str, version: str) -> PackRecord | None:
+        """The stored pack version, or ``None``."""
+        self._check_open()
+        async with self._engine.connect() as conn:
+            row = (
+                (await conn.execute(select(PACKS).where(PACKS.c.pack_id == pack_id, PACKS.c.version == version)))
+                .mappings()
+                .first()
+            )
+        return None if row is None else pack_from_row(row)
+
+    async def list_packs(self) -> list[PackRecord]:
+        """Every stored pack version, by pack id then creation time."""
+        self._check_open()
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(select(PACKS).order_by(PACKS.c.pack_id, PACKS.c.created_at, PACKS.c.version))
+            ).mappings()
+            return [pack_from_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ executions
+
+    async def create_execution(
+        self,
+        *,
+        execution_id: str,
+        workflow_pack_id: str,
+        version: str,
+        pack_document: dict,
+        inputs: dict,
+        options: dict,
+        isolation: str = "shared",
+        status: str = "running",
+    ) -> ExecutionRecord:
+        """Insert a new execution. See :meth:`persistence.store.Store.create_execution`."""
+        self._check_open()
+        status, isolation = plain_status(status), plain_status(isolation)  # type: ignore[assignment]
+        eid = check_new_execution(execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status)
+        now = _ts(utc_now())
+        stmt = (
+            EXECUTIONS.insert()
+            .values(
+                execution_id=eid,
+                workflow_pack_id=workflow_pack_id,
+                version=version,
+                pack_document=pack_document,
+                status=status,
+                inputs=inputs,
+                options=options,
+                context={},
+                isolation=isolation,
+                current_step=None,
+                completed_steps=[],
+                outputs=None,
+                error=None,
+                error_detail=None,
+                owner_epoch=0,
+                created_at=now,
+                started_at=None if status == STATUS_QUEUED else now,
+                completed_at=None,
+                updated_at=now,
+            )
+            .returning(*EXECUTIONS.c)
+        )
+        try:
+            async with self._writer.begin() as conn:
+                row = (await conn.execute(stmt)).mappings().one()
+        except IntegrityError as exc:
+            raise ValueError(f"execution {eid} already exists") from exc
+        return execution_from_row(row)
+
+    async def claim_execution(self, execution_id: str) -> ExecutionRecord:
+        """Take ownership of a run. See :meth:`persistence.store.Store.claim_execution`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            raise ExecutionNotFoundError(execution_id)
+        now = _ts(utc_now())
+        stmt = (
+            update(EXECUTIONS)
+            .where(EXECUTIONS.c.execution_id == eid, EXECUTIONS.c.status.in_(ACTIVE_STATUSES))
+            .values(
+                owner_epoch=EXECUTIONS.c.owner_epoch + 1,
+                status=STATUS_RUNNING,
+                started_at=func.coalesce(EXECUTIONS.c.started_at, now),
+                updated_at=now,
+            )
+            .returning(*EXECUTIONS.c)
+        )
+        async with self._writer.begin() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        return execution_from_row(row)
+
+    async def write_checkpoint(
+        self,
+        checkpoint: StepCheckpoint,
+        *,
+        owner_epoch: int,
+        current_step: str | None = None,
+        completed_step: str | None = None,
+        context: dict | None = None,
+    ) -> bool:
+        """Record one step attempt, fenced. See :meth:`persistence.store.Store.write_checkpoint`."""
+        self._check_open()
+        eid = normalize_execution_id(checkpoint.execution_id)
+        if eid is None:
+            raise ExecutionNotFoundError(checkpoint.execution_id)
+        checkpoint = check_checkpoint(checkpoint)
+        check_length("current_step", current_step, MAX_STEP_KEY, required=False)
+        check_length("completed_step", completed_step, MAX_STEP_KEY, required=False)
+        if context is not None and not isinstance(context, dict):
+            raise ValueError(f"context must be a dict or None, got {type(context).__name__}")
+        insert = (
+            self._insert(STEP_CHECKPOINTS)
+            .values(
+                execution_id=eid,
+                step_key=checkpoint.step_key,
+                attempt=checkpoint.attempt,
+                step_id=checkpoint.step_id,
+                step_type=checkpoint.step_type,
+                status=checkpoint.status,
+                outputs=checkpoint.outputs,
+                error=checkpoint.error,
+                idempotency_key=checkpoint.idempotency_key,
+                started_at=_ts(as_utc(checkpoint.started_at)),
+                ended_at=_ts(as_utc(checkpoint.ended_at)),
+            )
+            .on_conflict_do_nothing(index_elements=["execution_id", "step_key", "attempt"])
+        )
+        values: dict[str, Any] = {"updated_at": _ts(utc_now())}
+        if current_step is not None:
+            values["current_step"] = current_step
+        if context is not None:
+            values["context"] = bindparam(None, context, type_=json_type())
+        try:
+            async with self._writer.begin() as conn:
+                inserted = (await conn.execute(insert)).rowcount == 1
+                if inserted and completed_step is not None:
+                    values["completed_steps"] = self._append_step(completed_step)
+                if (await conn.execute(self._fenced(eid, owner_epoch).values(**values))).rowcount != 1:
+                    raise _Refused
+        except _Refused:
+            await self._refuse(eid, checkpoint.execution_id, owner_epoch)
+        except IntegrityError:
+            # The only constraint the checks above cannot rule out: the execution's row is missing.
+            await self._refuse(eid, checkpoint.execution_id, owner_epoch)
+        return inserted
+
+    async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
+        """Record the step being worked on, fenced. See :meth:`persistence.store.Store.set_current_step`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            raise ExecutionNotFoundError(execution_id)
+        check_length("step_key", step_key, MAX_STEP_KEY)
+        stmt = self._fenced(eid, owner_epoch).values(current_step=step_key, updated_at=_ts(utc_now()))
+        async with self._writer.begin() as conn:
+            matched = (await conn.execute(stmt)).rowcount
+        if matched != 1:
+            await self._refuse(eid, execution_id, owner_epoch)
+
+    async def finish_execution(
+        self,
+        execution_id: str,
+        *,
+        owner_epoch: int,
+        status: str,
+        outputs: dict | None = None,
+        error: str | None = None,
+        error_detail: dict | None = None,
+    ) -> ExecutionRecord:
+        """Move a run to a terminal status, fenced. See :meth:`persistence.store.Store.finish_execution`."""
+        self._check_open()
+        status = plain_status(status)  # type: ignore[assignment]
+        if status not in FINISH_STATUSES:
+            raise ValueError(f"finish status must be one of {sorted(FINISH_STATUSES)}, got {status!r}")
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            raise ExecutionNotFoundError(execution_id)
+        now = _ts(utc_now())
+        stmt = (
+            self._fenced(eid, owner_epoch)
+            .values(
+                status=status,
+                outputs=bindparam(None, outputs, type_=json_type()),
+                error=error,
+                error_detail=bindparam(None, error_detail, type_=json_type()),
+                completed_at=now,
+                updated_at=now,
+            )
+            .returning(*EXECUTIONS.c)
+        )
+        async with self._writer.begin() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+            if row is None:
+                row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        if row["status"] not in TERMINAL_STATUSES:
+            raise FencedError(eid, owner_epoch)
+        return execution_from_row(row)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """One execution. See :meth:`persistence.store.Store.get_execution`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            raise ExecutionNotFoundError(execution_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        return execution_from_row(row)
+
+    async def load_checkpoints(self, execution_id: str) -> list[StepCheckpoint]:
+        """Every checkpoint of a run. See :meth:`persistence.store.Store.load_checkpoints`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            return []
+        t = STEP_CHECKPOINTS
+        stmt = select(t).where(t.c.execution_id == eid).order_by(t.c.ended_at, t.c.step_key, t.c.attempt)
+        async with self._engine.connect() as conn:
+            return [checkpoint_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def list_executions(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Executions, newest first. See :meth:`persistence.store.Store.list_executions`."""
+        self._check_open()
+        check_limit(limit)
+        stmt = select(EXECUTIONS)
+        if statuses is not None:
+            wanted = sorted(status_filter(statuses) or (), key=str)
+            if not wanted:
+                return []
+            stmt = stmt.where(EXECUTIONS.c.status.in_(wanted))
+        stmt = stmt.order_by(EXECUTIONS.c.created_at.desc(), EXECUTIONS.c.execution_id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [execution_from_row(r) for r in (await conn.execute(stmt)).mappings()]

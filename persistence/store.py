@@ -1,0 +1,252 @@
+"""The ``Store`` contract, its two implementations, and :func:`open_store`.
+
+* :class:`Store` — the Protocol the rest of the service codes against.
+* :class:`~persistence.sql_store.SqlStore` — durable, on PostgreSQL (``asyncpg``) or SQLite
+  (``aiosqlite``), schema managed by Alembic.
+* :class:`~persistence.memory_store.MemoryStore` — the same behaviour in process memory,
+  for when persistence is switched off; nothing survives the process.
+
+Ownership and fencing: a worker that takes over a run calls :meth:`Store.claim_execution`
+and keeps the returned ``owner_epoch``; every later write passes it back. A write with an
+epoch older than the current one (the run was claimed again elsewhere) or against a
+terminal run raises :class:`~dsl.errors.FencedError` and changes nothing.
+
+Example::
+
+    store = await open_store("sqlite+aiosqlite:///var/cortx/cortx.db")
+    run = await store.create_execution(execution_id=str(uuid.uuid4()), workflow_pack_id="p",
+                                       version="1.0.0", pack_document=doc, inputs={}, options={},
+                                       status="queued")
+    run = await store.claim_execution(run.execution_id)           # owner_epoch == 1
+    await store.write_checkpoint(cp, owner_epoch=run.owner_epoch, completed_step=cp.step_key)
+    await store.finish_execution(run.execution_id, owner_epoch=run.owner_epoch,
+                                 status="completed", outputs={...})
+    await store.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Protocol, runtime_checkable
+
+from dsl.errors import ConfigurationError
+from persistence.engine import SETTING, check_schema, create_engine_for, normalize_url, probe, run_migrations
+from persistence.memory_store import MemoryStore
+from persistence.records import ExecutionRecord, PackRecord, StepCheckpoint
+from persistence.sql_store import SqlStore
+
+__all__ = ["MEMORY_URL", "MemoryStore", "SqlStore", "Store", "open_store"]
+
+#: The URL that selects :class:`MemoryStore`.
+MEMORY_URL = "memory://"
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence of packs, executions and step checkpoints. Every method is a coroutine.
+
+    Unless stated, methods raise ``ValueError`` for arguments the schema cannot hold
+    (empty or over-long strings, unknown statuses, non-dict documents) and
+    ``RuntimeError`` after :meth:`close`.
+    """
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+        ...
+
+    async def save_pack(
+        self, pack_id: str, version: str, document: dict, source_text: str | None = None
+    ) -> PackRecord:
+        """Store an immutable pack version.
+
+        Args:
+            pack_id: at most 200 characters.
+            version: at most 64 characters.
+            document: the validated pack (JSON object).
+            source_text: the YAML/JSON text it came from, if any.
+
+        Returns:
+            The stored record. Saving the same (pack_id, version) with a document of the
+            same canonical-JSON SHA-256 returns the existing record unchanged (its
+            ``created_at`` and ``source_text`` are the first save's).
+
+        Raises:
+            PackConflictError: the version exists with a different document.
+        """
+        ...
+
+    async def get_pack(self, pack_id: str, version: str) -> PackRecord | None:
+        """The stored pack version, or ``None`` if there is none."""
+        ...
+
+    async def list_packs(self) -> list[PackRecord]:
+        """Every stored pack version, ordered by pack id, then creation time."""
+        ...
+
+    async def create_execution(
+        self,
+        *,
+        execution_id: str,
+        workflow_pack_id: str,
+        version: str,
+        pack_document: dict,
+        inputs: dict,
+        options: dict,
+        isolation: str = "shared",
+        status: str = "running",
+    ) -> ExecutionRecord:
+        """Insert a new execution with ``owner_epoch`` 0, empty context and no steps done.
+
+        Args:
+            execution_id: a uuid string (stored in canonical lowercase form).
+            workflow_pack_id: the pack's id.
+            version: the pack's version.
+            pack_document: the exact pack snapshot the run uses (needed to resume).
+            inputs: validated run inputs.
+            options: run options.
+            isolation: ``shared`` or ``dedicated``.
+            status: ``queued`` (``started_at`` stays ``None``) or ``running`` (``started_at`` = now).
+
+        Raises:
+            ValueError: a malformed id, an id that already exists, or a bad argument.
+        """
+        ...
+
+    async def claim_execution(self, execution_id: str) -> ExecutionRecord:
+        """Atomically take ownership of an active run.
+
+        Increments ``owner_epoch``, sets status ``running`` and ``started_at`` (if unset).
+        The returned ``owner_epoch`` is the caller's fencing token. A terminal run is
+        returned unchanged (no epoch bump): check ``record.status``.
+
+        Raises:
+            ExecutionNotFoundError: no such execution (or a malformed id).
+        """
+        ...
+
+    async def write_checkpoint(
+        self,
+        checkpoint: StepCheckpoint,
+        *,
+        owner_epoch: int,
+        current_step: str | None = None,
+        completed_step: str | None = None,
+        context: dict | None = None,
+    ) -> bool:
+        """Record one step attempt and advance the run, in one transaction.
+
+        The checkpoint's (execution_id, step_key, attempt) is written once: the first
+        write wins and later writes of the same key change neither the checkpoint nor
+        ``completed_steps``. The run's ``updated_at`` is always bumped; ``current_step``
+        and ``context`` are replaced when given; ``completed_step`` is appended to
+        ``completed_steps`` when the checkpoint was new and the key is not listed yet.
+
+        Args:
+            checkpoint: the attempt's result (aware datetimes).
+            owner_epoch: the caller's fencing token from :meth:`claim_execution`.
+            current_step: new ``current_step``, if any.
+            completed_step: step key to append to ``completed_steps``, if any.
+            context: new saved evaluation context, if any.
+
+        Returns:
+            ``True`` if the checkpoint row was inserted, ``False`` if it existed already.
+
+        Raises:
+            FencedError: ``owner_epoch`` is not the run's current epoch, or the run is
+                terminal; nothing was written.
+            ExecutionNotFoundError: no such execution.
+        """
+        ...
+
+    async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
+        """Set ``current_step`` (fenced like :meth:`write_checkpoint`).
+
+        Raises:
+            FencedError: stale epoch or terminal run.
+            ExecutionNotFoundError: no such execution.
+        """
+        ...
+
+    async def finish_execution(
+        self,
+        execution_id: str,
+        *,
+        owner_epoch: int,
+        status: str,
+        outputs: dict | None = None,
+        error: str | None = None,
+        error_detail: dict | None = None,
+    ) -> ExecutionRecord:
+        """Move an active run to ``completed``, ``failed`` or ``cancelled``; sets ``completed_at``.
+
+        A run that is already terminal is returned unchanged (a second finish is a no-op,
+        whatever the epoch).
+
+        Args:
+            execution_id: the run.
+            owner_epoch: the caller's fencing token.
+            status: the terminal status.
+            outputs: workflow outputs (for ``completed``).
+            error: one-line message (for ``failed``/``cancelled``).
+            error_detail: structured error, e.g. ``{"step", "kind", "message", "attempts"}``.
+
+        Raises:
+            FencedError: the run is active and ``owner_epoch`` is stale.
+            ExecutionNotFoundError: no such execution.
+        """
+        ...
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """One execution.
+
+        Raises:
+            ExecutionNotFoundError: no such execution, including any id that is not a uuid.
+        """
+        ...
+
+    async def load_checkpoints(self, execution_id: str) -> list[StepCheckpoint]:
+        """A run's checkpoints ordered by ``ended_at``, ``step_key``, ``attempt``; ``[]`` if none (or no such run)."""
+        ...
+
+    async def list_executions(
+        self, *, statuses: Collection[str] | None = None, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Up to ``limit`` (>= 1) executions, newest ``created_at`` first, optionally filtered by status."""
+        ...
+
+
+async def open_store(url: str, *, migrate: bool = True, pool_size: int = 5) -> Store:
+    """Open the store selected by ``url``.
+
+    Args:
+        url: ``postgresql+asyncpg://user:pw@host:port/db`` (or ``postgresql://``),
+            ``sqlite+aiosqlite:///path/to/file.db`` (or ``sqlite:///``; the folder is
+            created), or ``memory://`` for the non-durable :class:`MemoryStore`.
+        migrate: run Alembic ``upgrade head`` first (safe when several processes start
+            at once). When false, the schema must already be at head.
+        pool_size: PostgreSQL connections kept open (SQLite always uses one).
+
+    Returns:
+        A :class:`SqlStore` or :class:`MemoryStore`; call ``close()`` when done.
+
+    Raises:
+        ConfigurationError: (name ``DATABASE_URL``, password masked) an unsupported URL,
+            an unreachable database (the rule carries the driver's reason), a failed
+            migration, or (``migrate=False``) a schema not at head.
+    """
+    if isinstance(url, str) and url.strip() == MEMORY_URL:
+        return MemoryStore()
+    engine = create_engine_for(normalize_url(url), pool_size=pool_size)
+    try:
+        await probe(engine)
+        if migrate:
+            await run_migrations(engine)
+        else:
+            await check_schema(engine)
+    except ConfigurationError:
+        await engine.dispose()
+        raise
+    except Exception as exc:
+        await engine.dispose()
+        raise ConfigurationError(SETTING, engine.url.render_as_string(hide_password=True), f"cannot open the store: {exc}") from exc
+    return SqlStore(engine)
