@@ -85,7 +85,8 @@ class WorkflowClient:
         settings: engine settings; :meth:`from_env` reads them from the environment.
         registry: the service registry runs use.
         ray_address: a cluster to join; None uses ``RAY_ADDRESS`` or starts a local Ray.
-        namespace: Ray namespace of the hosts.
+        namespace: Ray namespace of the hosts (one per deployment: hosts are bound to the
+            settings and registry they were created with).
     """
 
     def __init__(
@@ -136,7 +137,9 @@ class WorkflowClient:
         from actors.host import get_host
 
         self.connect()
-        return get_host(self.settings, self.registry, execution_id=execution_id, isolation=isolation)
+        return get_host(
+            self.settings, self.registry, execution_id=execution_id, isolation=isolation, namespace=self._namespace
+        )
 
     # --- runs -----------------------------------------------------------------------------
 

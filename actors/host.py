@@ -250,6 +250,7 @@ def get_host(
     *,
     execution_id: str,
     isolation: str = "shared",
+    namespace: str | None = None,
 ) -> Any:
     """The Ray handle of the host for a run, created if it does not exist yet.
 
@@ -264,6 +265,7 @@ def get_host(
         name, dedicated = shared_host_name(index), False
     return remote.options(
         name=name,
+        namespace=namespace,
         get_if_exists=True,
         max_restarts=-1,
         max_concurrency=10_000,

@@ -88,3 +88,71 @@ def ray_session() -> Iterator[None]:
         )
     yield
     ray.shutdown()
+
+
+# --- engine fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def engine_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite file shared by the engine tests of this session (fresh execution ids per test)."""
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('engine') / 'engine.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine_db(request: pytest.FixtureRequest) -> str:
+    """Engine tests using this run on the session's SQLite file and on its PostgreSQL database."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("engine_sqlite_url")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def demo_services() -> Iterator[object]:
+    """The demo Validation/Compliance/Ledger services on a free loopback port, for the session."""
+    from serve_app.demo_services import start_in_thread
+
+    server = start_in_thread(port=0)
+    yield server
+    server.stop()
+
+
+def demo_registry(url: str) -> object:
+    """A service registry for the demo services on ``url``: validation, compliance, ledger, and echo."""
+    from actors.registry import ServiceRegistry
+
+    return ServiceRegistry.from_mapping(
+        {"services": {name: {"base_url": f"{url}/{name}"} for name in ("validation", "compliance", "ledger", "echo")}}
+    )
+
+
+@pytest.fixture
+def make_client(ray_session: None) -> Iterator[object]:
+    """Factory ``make_client(database_url, registry, **settings)`` of WorkflowClients on the session's Ray.
+
+    Each client gets its own Ray namespace, so its ExecutionHosts are bound to its database and
+    registry; the hosts are killed when the test ends.
+    """
+    import ray
+
+    from actors.driver import WorkflowClient
+    from actors.settings import Settings
+
+    made: list[str] = []
+
+    def factory(database_url: str, registry: object, **overrides: object) -> WorkflowClient:
+        namespace = f"t-{uuid.uuid4().hex[:10]}"
+        made.append(namespace)
+        fields = {"execution_hosts": 1, "workflow_timeout_seconds": 120.0, **overrides}
+        settings = Settings(database_url=database_url, **fields)  # type: ignore[arg-type]
+        return WorkflowClient(settings, registry, namespace=namespace)  # type: ignore[arg-type]
+
+    yield factory
+    from actors.host import shared_host_name
+
+    for namespace in made:
+        for index in range(8):
+            try:
+                ray.kill(ray.get_actor(shared_host_name(index), namespace=namespace), no_restart=True)
+            except ValueError:
+                continue

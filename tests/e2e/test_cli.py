@@ -1,0 +1,137 @@
+"""The ``cortx-workflow`` CLI as a user runs it: new processes, real HTTP, both databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+EXAMPLES = ROOT / "examples"
+_SCRIPT = Path(sys.executable).parent / "cortx-workflow"
+# The installed console script, as a user runs it (the module form when not installed).
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "serve_app.cli"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    merged = {**os.environ, **(env or {})}
+    merged.pop("RAY_ADDRESS", None)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def registry_file(tmp_path: Path, demo_services: Any) -> Path:
+    path = tmp_path / "services.yaml"
+    services = {name: {"base_url": f"{demo_services.url}/{name}"} for name in ("validation", "compliance", "ledger")}
+    path.write_text(yaml.safe_dump({"services": services}))
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def cli_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.mark.timeout(300)
+def test_run_json_then_status_in_a_new_process(registry_file: Path, cli_database_url: str) -> None:
+    env = {"DATABASE_URL": cli_database_url}
+    run = cli(
+        "run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+        "--json", "--services", str(registry_file), env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)  # stdout holds the record only
+    assert record["status"] == "completed"
+    assert set(record) >= {"execution_id", "status", "current_step", "completed_steps", "outputs", "duration_ms", "error"}
+    assert record["outputs"]["items_checked"] == 3 and record["error"] is None
+
+    status = cli("status", record["execution_id"], "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == record
+
+
+@pytest.mark.timeout(300)
+def test_run_shows_each_step_as_it_starts_and_ends(registry_file: Path, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'steps.db'}"}
+    run = cli("run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+              "--services", str(registry_file), env=env)
+    assert run.returncode == 0, run.stderr
+    for line in ("-> identity-check started", "ok identity-check completed", "ok check-items[2]/validate-item completed",
+                 "ok record-decision completed"):
+        assert line in run.stdout
+    assert ": completed in" in run.stdout
+
+
+def test_validate_accepts_the_example() -> None:
+    result = cli("validate", "examples/loan-approval.yaml")
+    assert result.returncode == 0 and "valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("pack", "needles"),
+    [
+        ("steps:\n  - {id: a, type: service_call, service: s, dependencies: [b]}\n"
+         "  - {id: b, type: service_call, service: s, dependencies: [a]}\n", ["cycle", "a -> b", "dependency_cycle"]),
+        ("steps:\n  - {id: a, type: service_call, service: s}\n  - {id: a, type: service_call, service: s}\n",
+         ["duplicate", "'a'", "/steps/1/id"]),
+        ("steps:\n  - {id: a, type: service_call, service: s, dependencies: [missing]}\n",
+         ["unknown step 'missing'", "/steps/0/dependencies/0"]),
+    ],
+    ids=["cycle", "duplicate-id", "missing-dependency"],
+)
+def test_validate_rejects_with_one_line_per_error(tmp_path: Path, pack: str, needles: list[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: bad\nname: Bad\nversion: '1'\n" + pack)
+    result = cli("validate", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr
+    assert all(line.startswith(str(path) + ":") for line in result.stderr.strip().splitlines())
+
+
+def test_validate_json_lists_every_issue(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("id: bad\nversion: '1'\nsteps:\n  - {id: a, type: nope}\n")
+    result = cli("validate", str(path), "--json")
+    assert result.returncode == 1
+    issues = json.loads(result.stdout)["issues"]
+    assert {i["code"] for i in issues} == {"missing_field", "unknown_step_type"}
+    assert all(i["line"] for i in issues)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["validate", "no/such/pack.yaml"], "no/such/pack.yaml: no such file"),
+        (["run", "no/such/pack.yaml"], "no such file"),
+        (["run", "examples/loan-approval.yaml", "--inputs", "{not json"], "not valid JSON"),
+        (["run", "examples/loan-approval.yaml", "--inputs", "nothing-here.json"], "nothing-here.json: no such file"),
+        (["run", "examples/loan-approval.yaml", "--inputs", '{"amount": "x"}'], "inputs/amount"),
+        (["status", "00000000-0000-0000-0000-000000000000"], "no execution with id"),
+        (["status", "not-a-uuid"], "no execution with id"),
+    ],
+    ids=["missing-pack", "run-missing-pack", "inputs-not-json", "inputs-file-missing", "inputs-schema",
+         "unknown-id", "malformed-id"],
+)
+def test_bad_input_gets_one_line_and_exit_1(args: list[str], needle: str, tmp_path: Path) -> None:
+    result = cli(*args, env={"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pack_that_is_not_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: x\nsteps:\n  - id: a\n    type: [service_call\n")
+    result = cli("validate", str(path))
+    assert result.returncode == 1
+    assert f"{path}:" in result.stderr and "not valid YAML" in result.stderr

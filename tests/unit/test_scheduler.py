@@ -1,0 +1,241 @@
+"""The scheduler and ExecutionActor without Ray: MemoryStore, threads, the real demo services."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors.execution import ExecutionActor
+from actors.runners import ThreadStepRunner
+from actors.settings import Settings
+from dsl.errors import FencedError
+from dsl.validation import validate_document
+from persistence.records import StepCheckpoint
+from persistence.store import MemoryStore
+from serve_app.demo_services import Fault, start_in_thread
+from tests.conftest import demo_registry
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Any]:
+    server = start_in_thread(port=0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_demo(demo: Any) -> None:
+    demo.reset()
+    demo.set_faults([])
+
+
+def call(step_id: str, path: str, **extra: Any) -> dict[str, Any]:
+    return {"id": step_id, "type": "service_call", "service": "echo", "endpoint": path, **extra}
+
+
+def pack(*steps: dict[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": "t", "name": "t", "version": "1", "steps": list(steps), "outputs": outputs or {}}
+
+
+class Harness:
+    """One store, one registry; runs packs through ExecutionActors."""
+
+    def __init__(self, demo: Any, **settings: Any) -> None:
+        self.store = MemoryStore()
+        self.registry = demo_registry(demo.url)
+        self.settings = Settings(database_url="memory://", **settings)
+        self.sleeps: list[float] = []
+
+    async def create(self, document: dict[str, Any], inputs: dict[str, Any] | None = None, **options: Any) -> str:
+        validate_document(document)
+        execution_id = str(uuid.uuid4())
+        await self.store.create_execution(
+            execution_id=execution_id, workflow_pack_id="t", version="1", pack_document=document,
+            inputs=inputs or {}, options=options,
+        )
+        return execution_id
+
+    def actor(self, execution_id: str) -> ExecutionActor:
+        return ExecutionActor(execution_id, store=self.store, registry=self.registry, settings=self.settings,
+                              runner=ThreadStepRunner())
+
+    async def run(self, document: dict[str, Any], inputs: dict[str, Any] | None = None, **options: Any) -> tuple[dict[str, Any], ExecutionActor]:
+        actor = self.actor(await self.create(document, inputs, **options))
+        return await actor.run(), actor
+
+
+def events(actor: ExecutionActor) -> list[tuple[str, str]]:
+    return [(e["type"], e.get("step_key", "")) for e in actor._events if e["type"].startswith("step.")]
+
+
+def max_in_flight(actor: ExecutionActor, prefix: str = "") -> int:
+    live = peak = 0
+    for kind, key in events(actor):
+        if not key.startswith(prefix) or kind not in {"step.started", "step.completed", "step.failed"}:
+            continue
+        if key.endswith(("group", "each")):
+            continue
+        live += 1 if kind == "step.started" else -1
+        peak = max(peak, live)
+    return peak
+
+
+def test_independent_steps_run_concurrently_and_dependents_wait(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", delay_ms=300)])
+    h = Harness(demo)
+    doc = pack(
+        {"id": "group", "type": "parallel", "steps": [call("a", "/v1/identity"), call("b", "/v1/identity"),
+                                                       call("c", "/v1/identity")]},
+        call("after", "/v1/identity", dependencies=["group"]),
+    )
+    record, actor = asyncio.run(h.run(doc))
+    assert record["status"] == "completed"
+    assert max_in_flight(actor) == 3
+    order = record["completed_steps"]
+    assert order.index("group") < order.index("after") and set(order[:3]) == {"a", "b", "c"}
+
+
+def test_max_parallel_steps_caps_work_in_flight(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", delay_ms=100)])
+    h = Harness(demo, max_parallel_steps=1)
+    doc = pack({"id": "group", "type": "parallel", "steps": [call(f"s{i}", "/v1/identity") for i in range(4)]})
+    record, actor = asyncio.run(h.run(doc))
+    assert record["status"] == "completed"
+    # Steps may be "started" while they wait for a slot; calls in flight at the service are what is capped.
+    log = demo.calls()["log"]
+    assert len(log) == 4
+
+
+def test_loop_runs_items_in_order_by_default_and_concurrently_when_asked(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/item", delay_ms=100)])
+    h = Harness(demo)
+    body = [call("check", "/v1/item", inputs={"sku": "${ item }", "quantity": "${ index + 1 }", "unit_price": 1})]
+    doc = pack({"id": "each", "type": "loop", "collection": "inputs.skus", "steps": body},
+               outputs={"totals": "${ length(steps.each.outputs) }", "first": "${ steps.each.outputs[0].check.body.sku }"})
+    record, actor = asyncio.run(h.run(doc, {"skus": ["a", "b", "c", "d"]}))
+    assert record["outputs"] == {"totals": 4, "first": "a"}
+    assert max_in_flight(actor, "each[") == 1
+    keys = [k for kind, k in events(actor) if kind == "step.completed" and k.startswith("each[")]
+    assert keys == [f"each[{i}]/check" for i in range(4)]
+
+    doc["steps"][0]["max_concurrency"] = 2
+    record, actor = asyncio.run(h.run(doc, {"skus": ["a", "b", "c", "d"]}))
+    assert record["status"] == "completed" and max_in_flight(actor, "each[") == 2
+
+
+def test_empty_loop_completes_with_an_empty_list_and_bounds_are_enforced(demo: Any) -> None:
+    h = Harness(demo)
+    doc = pack({"id": "each", "type": "loop", "collection": "inputs.skus", "max_iterations": 2,
+                "steps": [call("check", "/v1/item")]}, outputs={"n": "${ length(steps.each.outputs) }"})
+    record, _ = asyncio.run(h.run(doc, {"skus": []}))
+    assert record["status"] == "completed" and record["outputs"] == {"n": 0}
+    assert demo.calls()["total"] == 0
+    record, _ = asyncio.run(h.run(doc, {"skus": [1, 2, 3]}))
+    assert record["status"] == "failed" and "max_iterations" in record["error"]
+    assert record["error_detail"]["step"] == "each"
+
+
+def test_condition_must_be_boolean(demo: Any) -> None:
+    h = Harness(demo)
+    doc = pack({"id": "route", "type": "condition", "condition": "inputs.flag",
+                "then": [call("yes", "/v1/identity")], "else": [call("no", "/v1/identity")]})
+    record, _ = asyncio.run(h.run(doc, {"flag": "false"}))
+    assert record["status"] == "failed" and "must be true or false" in record["error"]
+    assert demo.calls()["total"] == 0
+    record, _ = asyncio.run(h.run(doc, {"flag": False}))
+    assert record["status"] == "completed" and record["completed_steps"] == ["no", "route"]
+
+
+def test_retry_delays_follow_the_policy_and_retry_after(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", fail_first=3, status=503)])
+    h = Harness(demo)
+    retry = {"max_attempts": 4, "backoff": "exponential", "initial_delay_ms": 10, "multiplier": 3, "max_delay_ms": 50}
+    record, actor = asyncio.run(h.run(pack(call("a", "/v1/identity", on_error={"retry": retry}))))
+    assert record["status"] == "completed"
+    delays = [e["delay_ms"] for e in actor._events if e["type"] == "step.retrying"]
+    assert delays == [10, 30, 50]
+
+    demo.reset()
+    demo.set_faults([Fault(path="/echo/v1/identity", fail_first=1, status=429, retry_after_s=1)])
+    record, actor = asyncio.run(h.run(pack(call("a", "/v1/identity", on_error={"retry": retry}))))
+    assert [e["delay_ms"] for e in actor._events if e["type"] == "step.retrying"] == [50]  # Retry-After, capped
+
+
+def test_4xx_is_not_retried_but_can_be_asked_for(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", fail_first=1, status=409)])
+    h = Harness(demo)
+    fast = {"max_attempts": 3, "initial_delay_ms": 1, "max_delay_ms": 1}
+    record, _ = asyncio.run(h.run(pack(call("a", "/v1/identity", on_error={"retry": fast}))))
+    assert record["status"] == "failed" and record["error_detail"]["attempts"] == 1 and "409" in record["error"]
+    demo.reset()
+    asked = {**fast, "retry_on": ["http_4xx"]}
+    record, _ = asyncio.run(h.run(pack(call("a", "/v1/identity", on_error={"retry": asked}))))
+    assert record["status"] == "completed"
+
+
+def test_options_max_retries_applies_to_steps_without_a_policy(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", fail_first=10, status=500)])
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(pack(call("a", "/v1/identity")), max_retries=0))
+    assert record["error_detail"]["attempts"] == 1
+    assert demo.calls()["by_path"]["POST /echo/v1/identity"] == 1
+
+
+def test_step_timeout_is_enforced_outside_the_call(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", hang=True)])
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(pack(call("a", "/v1/identity", timeout_seconds=0.5)), max_retries=0))
+    assert record["status"] == "failed" and record["error_detail"]["kind"] == "timeout"
+
+
+def test_run_timeout_fails_the_run(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/identity", hang=True)])
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(pack(call("a", "/v1/identity")), timeout_seconds=0.5))
+    assert record["status"] == "failed" and "timed out after 0.5 s" in record["error"]
+
+
+def test_resume_skips_completed_steps_and_fences_the_old_owner(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/income", hang=True)])
+    h = Harness(demo)
+    doc = pack(call("first", "/v1/identity"), call("second", "/v1/income", dependencies=["first"]),
+               outputs={"first": "${ steps.first.outputs.path }"})
+
+    async def scenario() -> tuple[dict[str, Any], ExecutionActor]:
+        execution_id = await h.create(doc)
+        old = h.actor(execution_id)
+        task = asyncio.create_task(old.run())
+        for _ in range(200):
+            if "first" in (await h.store.get_execution(execution_id)).completed_steps and old._started_keys >= {"second"}:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()  # the owner dies mid-step (not a cancel request: the run stays running)
+        await asyncio.gather(task, return_exceptions=True)
+        assert (await h.store.get_execution(execution_id)).status == "running"
+        demo.set_faults([])
+        new = h.actor(execution_id)
+        record = await new.run()
+        stale = StepCheckpoint(execution_id=execution_id, step_key="x", attempt=1, step_id="x", step_type="service_call",
+                               status="completed", outputs=None, error=None, idempotency_key=None,
+                               started_at=record_time(), ended_at=record_time())
+        with pytest.raises(FencedError):
+            await h.store.write_checkpoint(stale, owner_epoch=old._epoch)
+        return record, new
+
+    record, new = asyncio.run(scenario())
+    assert record["status"] == "completed" and record["outputs"] == {"first": "/echo/v1/identity"}
+    assert demo.calls()["by_path"]["POST /echo/v1/identity"] == 1  # not run again
+    assert record["completed_steps"] == ["first", "second"]
+    assert ("step.started", "first") not in events(new)
+
+
+def record_time() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)
