@@ -204,6 +204,7 @@ class Scheduler:
                 self._completed[cp.step_key] = cp
             elif cp.status == StepStatus.FAILED.value:
                 self._failed_attempts[cp.step_key] = max(self._failed_attempts.get(cp.step_key, 0), cp.attempt)
+        self._sequence = 0
         self._expressions: dict[str, Expression] = {}
         self._templates: dict[tuple[int, str], Template] = {}
         self.root = _Frame({})
@@ -214,9 +215,15 @@ class Scheduler:
         """Run the pack; return the outcome. Cancellation of the calling task propagates."""
         try:
             async with asyncio.timeout(self._timeout_seconds) as deadline:
-                await self._run_block(self.pack.steps, self.root)
-        except StepFailure as failure:
-            return self._failed(failure.error)
+                try:
+                    await self._run_block(self.pack.steps, self.root)
+                except StepFailure as failure:
+                    error = failure.error
+                    if self.pack.on_error is not None and self.pack.on_error.compensate:
+                        errors = await self._compensate(self.pack.on_error.compensate, self.root, error)
+                        if errors:
+                            error = {**error, "compensation_errors": error.get("compensation_errors", []) + errors}
+                    return self._failed(error)
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -243,6 +250,11 @@ class Scheduler:
             message = f"step {step!r} failed{tries}: {error.get('message')}"
         else:
             message = str(error.get("message"))
+        fallback = error.get("fallback_error")
+        if fallback:
+            message += f"; its fallback step {fallback.get('step')!r} failed too: {fallback.get('message')}"
+        for other in error.get("compensation_errors") or ():
+            message += f"; compensation step {other.get('step')!r} failed: {other.get('message')}"
         return RunOutcome(ExecutionStatus.FAILED, error=message, error_detail=error)
 
     # --- graph ----------------------------------------------------------------------------
@@ -274,12 +286,84 @@ class Scheduler:
                 await asyncio.gather(*running, return_exceptions=True)
 
     async def _run_step(self, step: Step, frame: _Frame) -> None:
+        """Run one step with its error handling: fallback, then compensation, then propagation."""
         key = frame.prefix + step.id
-        if isinstance(step, ServiceCallStep):
-            outputs = await self._service_call(step, frame, key)
+        try:
+            if isinstance(step, ServiceCallStep):
+                outputs = await self._service_call(step, frame, key)
+            else:
+                outputs = await self._control_step(step, frame, key)
+        except StepFailure as failure:
+            handler = step.on_error
+            if handler is None:
+                raise
+            error = failure.error
+            if handler.fallback:
+                try:
+                    outputs = await self._fallback(step, frame, key, error)
+                except StepFailure as fallback_failure:
+                    error = {**error, "fallback_error": fallback_failure.error}
+                else:
+                    self._set(frame, step.id, StepStatus.COMPLETED, outputs, error, recovered_by="fallback")
+                    return
+            if handler.compensate:
+                errors = await self._compensate(handler.compensate, frame, error)
+                if errors:
+                    error = {**error, "compensation_errors": errors}
+            if handler.propagate:
+                raise StepFailure(error) from None
+            self._set(frame, step.id, StepStatus.FAILED, None, error)
+            return
+        done = self._completed.get(key)
+        cause = (done.error or {}).get("cause") if done is not None else None
+        if cause is not None:
+            # Replayed from a checkpoint of a step that a fallback recovered: keep its error visible.
+            self._set(frame, step.id, StepStatus.COMPLETED, outputs, cause, recovered_by="fallback")
         else:
-            outputs = await self._control_step(step, frame, key)
-        frame.steps[step.id] = {"status": StepStatus.COMPLETED.value, "outputs": outputs, "error": None}
+            self._set(frame, step.id, StepStatus.COMPLETED, outputs, None)
+
+    def _set(
+        self, frame: _Frame, step_id: str, status: StepStatus, outputs: Any, error: Any, **extra: Any
+    ) -> None:
+        self._sequence += 1
+        frame.steps[step_id] = {"status": status.value, "outputs": outputs, "error": error, "seq": self._sequence, **extra}
+
+    async def _fallback(self, step: Step, frame: _Frame, key: str, error: dict[str, Any]) -> Any:
+        """Run the fallback steps of ``step``; return the last one's outputs (FDD §8.2)."""
+        assert step.on_error is not None
+        started = _now()
+        child = frame.child(variables={"error": error})
+        child.steps[step.id] = {"status": StepStatus.FAILED.value, "outputs": None, "error": error}
+        await self._run_block(step.on_error.fallback, child)
+        for fallback_step in step.on_error.fallback:
+            frame.steps[fallback_step.id] = child.steps[fallback_step.id]
+        outputs = child.steps[step.on_error.fallback[-1].id]["outputs"]
+        # The step's record: completed, one attempt after its failed ones, recovered by fallback.
+        attempt = int(error.get("attempts") or 1) + 1
+        recovered = {"kind": "recovered_by_fallback", "cause": error}
+        await self._record(step, key, attempt, StepStatus.COMPLETED, outputs, recovered, started)
+        return outputs
+
+    async def _compensate(self, steps: list[Step], frame: _Frame, error: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run compensation steps one at a time; return the errors of those that failed (FDD §8.3).
+
+        Entries with ``compensates: X`` run only if X completed, latest-completed first; the
+        entries without it follow in the order written.
+        """
+        def completed_seq(target: str) -> int | None:
+            entry = frame.steps.get(target)
+            return entry.get("seq") if entry and entry.get("status") == StepStatus.COMPLETED.value else None
+
+        targeted = [s for s in steps if s.compensates is not None and completed_seq(s.compensates) is not None]
+        targeted.sort(key=lambda s: -(completed_seq(s.compensates or "") or 0))
+        child = frame.child(variables={"error": error})
+        errors: list[dict[str, Any]] = []
+        for compensation in targeted + [s for s in steps if s.compensates is None]:
+            try:
+                await self._run_step(compensation, child)
+            except StepFailure as failure:
+                errors.append(failure.error)
+        return errors
 
     # --- control steps --------------------------------------------------------------------
 

@@ -26,12 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 __all__ = [
     "ConditionStep",
     "ErrorHandler",
+    "PackErrorHandler",
     "LoopStep",
     "ParallelStep",
     "RetryPolicy",
     "ServiceCallStep",
     "Step",
     "WorkflowPack",
+    "all_steps",
     "iter_steps",
     "DEFAULT_RETRY_ON",
     "STEP_TYPES",
@@ -99,11 +101,31 @@ class RetryPolicy(_Model):
 
 
 class ErrorHandler(_Model):
-    """What happens when a step fails (FDD §2.3, §8): retry, then fallback, then compensate."""
+    """What happens when a step fails (FDD §2.3, §8): retry, then fallback, then compensate.
+
+    * ``retry``: attempts of the step itself, with backoff.
+    * ``fallback``: steps run when the step has failed for good. If they complete, the step
+      counts as completed, with the outputs of the last fallback step.
+    * ``compensate``: steps run (one at a time) when the step has failed for good and no
+      fallback recovered it, to undo work that completed. An entry with ``compensates: X``
+      runs only if step ``X`` completed; those run in the reverse order of their targets'
+      completion, then the entries without ``compensates`` in the order written. A failing
+      compensation step does not stop the others; the run records every error.
+    * ``propagate``: true (the default) fails the enclosing group and so the run; false
+      handles the failure locally: the step is recorded ``failed`` and the run goes on
+      (dependents see ``steps.<id>.status == 'failed'`` and ``steps.<id>.error``).
+    """
 
     retry: RetryPolicy | None = Field(None, description="Retry policy; without one the run's default applies.")
     fallback: list[Step] = Field(default_factory=list, description="Steps run when the step has failed for good.")
     compensate: list[Step] = Field(default_factory=list, description="Steps that undo completed work on failure.")
+    propagate: bool = Field(True, description="False: record the failure and let the run go on.")
+
+
+class PackErrorHandler(_Model):
+    """Pack-level error handling: ``compensate`` steps run when the run fails (FDD §8.3)."""
+
+    compensate: list[Step] = Field(default_factory=list, description="Steps that undo completed work.")
 
 
 class _StepBase(_Model):
@@ -117,6 +139,9 @@ class _StepBase(_Model):
     )
     on_error: ErrorHandler | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=86_400, description="Limit on the step, in s.")
+    compensates: StepId | None = Field(
+        None, description="In a compensate list: the step this one undoes; it runs only if that step completed."
+    )
 
     def children(self) -> Iterator[tuple[str, list[Step]]]:
         """``(field, steps)`` for each list of nested steps this step owns (not error handlers)."""
@@ -220,6 +245,7 @@ class WorkflowPack(_Model):
         "shared", description="`dedicated` runs each execution in an ExecutionHost of its own."
     )
     steps: list[Step] = Field(min_length=1)
+    on_error: PackErrorHandler | None = Field(None, description="Compensation when the run fails.")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -236,6 +262,13 @@ class WorkflowPack(_Model):
         if schema_keys & set(self.inputs):
             return dict(self.inputs)
         return {"type": "object", "properties": dict(self.inputs)}
+
+
+def all_steps(pack: WorkflowPack) -> Iterator[tuple[str, Step, tuple[str, ...]]]:
+    """:func:`iter_steps` over the pack's steps and its pack-level compensation steps."""
+    yield from iter_steps(pack.steps)
+    if pack.on_error is not None:
+        yield from iter_steps(pack.on_error.compensate, "/on_error/compensate")
 
 
 def iter_steps(steps: list[Step], pointer: str = "/steps") -> Iterator[tuple[str, Step, tuple[str, ...]]]:
@@ -260,5 +293,5 @@ def _iter_one(step: Step, pointer: str, ancestors: tuple[str, ...]) -> Iterator[
                 yield from _iter_one(child, f"{pointer}/on_error/{field}/{index}", inner)
 
 
-for _model in (ErrorHandler, ServiceCallStep, ConditionStep, LoopStep, ParallelStep, WorkflowPack):
+for _model in (ErrorHandler, PackErrorHandler, ServiceCallStep, ConditionStep, LoopStep, ParallelStep, WorkflowPack):
     _model.model_rebuild()

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from dsl.errors import ExpressionError, InputValidationError, PackValidationError, ValidationIssue
 from dsl.expressions import parse_expression
 from dsl.loader import SourceMap, escape_pointer, parse_document
-from dsl.models import STEP_TYPES, ConditionStep, LoopStep, ServiceCallStep, Step, WorkflowPack, iter_steps
+from dsl.models import STEP_TYPES, ConditionStep, LoopStep, ServiceCallStep, Step, WorkflowPack, all_steps
 from dsl.templates import compile_template
 
 __all__ = ["LoadedPack", "load_pack", "validate_document", "validate_inputs"]
@@ -207,7 +207,7 @@ def _short(value: Any) -> str:
 def _id_issues(pack: WorkflowPack) -> list[ValidationIssue]:
     first: dict[str, str] = {}
     issues = []
-    for pointer, step, _ in iter_steps(pack.steps):
+    for pointer, step, _ in all_steps(pack):
         if step.id in first:
             issues.append(
                 ValidationIssue(
@@ -228,7 +228,9 @@ def _id_issues(pack: WorkflowPack) -> list[ValidationIssue]:
 def _blocks(pack: WorkflowPack) -> Iterable[tuple[str, list[Step]]]:
     """Every list of sibling steps with its pointer: top level, nested lists, error handlers."""
     yield "/steps", pack.steps
-    for pointer, step, _ in iter_steps(pack.steps):
+    if pack.on_error is not None:
+        yield "/on_error/compensate", pack.on_error.compensate
+    for pointer, step, _ in all_steps(pack):
         for field, children in step.children():
             yield f"{pointer}/{field}", children
         if step.on_error is not None:
@@ -237,7 +239,7 @@ def _blocks(pack: WorkflowPack) -> Iterable[tuple[str, list[Step]]]:
 
 
 def _dependency_issues(pack: WorkflowPack) -> list[ValidationIssue]:
-    all_ids = {step.id for _, step, _ in iter_steps(pack.steps)}
+    all_ids = {step.id for _, step, _ in all_steps(pack)}
     issues: list[ValidationIssue] = []
     # Graph of "must finish before": each step has a start and an end node; a container's
     # start precedes its members' starts and its members' ends precede its end. A cycle in
@@ -331,7 +333,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _pointer_of_step(pack: WorkflowPack, step_id: str) -> str:
-    for pointer, step, _ in iter_steps(pack.steps):
+    for pointer, step, _ in all_steps(pack):
         if step.id == step_id:
             return pointer
     return "/steps"
@@ -343,7 +345,7 @@ def _pointer_of_step(pack: WorkflowPack, step_id: str) -> str:
 def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
     issues: list[ValidationIssue] = []
     visible = _visible_steps(pack)
-    all_ids = {step.id for _, step, _ in iter_steps(pack.steps)}
+    all_ids = {step.id for _, step, _ in all_steps(pack)}
 
     def check_refs(pointer: str, refs: Iterable[str], allowed: set[str], where: str) -> None:
         for ref in sorted(set(refs)):
@@ -378,7 +380,31 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
             for _, expr in template.expressions():
                 check_refs(sub_pointer, expr.step_references(), allowed, where)
 
-    for pointer, step, _ in iter_steps(pack.steps):
+    compensation_ids = {
+        s.id
+        for _, parent, _ in all_steps(pack)
+        if parent.on_error is not None
+        for s in parent.on_error.compensate
+    } | ({s.id for s in pack.on_error.compensate} if pack.on_error is not None else set())
+    for pointer, step, _ in all_steps(pack):
+        if step.compensates is not None:
+            if step.id not in compensation_ids:
+                issues.append(
+                    ValidationIssue(
+                        "compensates_outside_compensation",
+                        pointer + "/compensates",
+                        f"step {step.id!r} has 'compensates' but is not in an on_error.compensate list",
+                    )
+                )
+            elif step.compensates not in all_ids:
+                issues.append(
+                    ValidationIssue(
+                        "unknown_step_reference",
+                        pointer + "/compensates",
+                        f"step {step.id!r} compensates unknown step {step.compensates!r}",
+                    )
+                )
+    for pointer, step, _ in all_steps(pack):
         before = visible[step.id]
         where = f"step {step.id!r}"
         if isinstance(step, ConditionStep):
@@ -436,6 +462,7 @@ def _visible_steps(pack: WorkflowPack) -> dict[str, set[str]]:
     step it belongs to.
     """
     result: dict[str, set[str]] = {}
+    every_id = {step.id for _, step, _ in all_steps(pack)}
 
     def closure(steps: list[Step]) -> dict[str, set[str]]:
         by_id = {s.id: s for s in steps}
@@ -465,9 +492,17 @@ def _visible_steps(pack: WorkflowPack) -> dict[str, set[str]]:
             if step.on_error is not None:
                 handler_view = seen | {step.id} | _exported(step)
                 walk(step.on_error.fallback, handler_view)
-                walk(step.on_error.compensate, handler_view)
+                # Compensation undoes whatever completed; an entry usually reads the outputs of
+                # the step it compensates (and runs only if that step completed), so any step
+                # of the run may be referenced.
+                walk(step.on_error.compensate, every_id)
 
     walk(pack.steps, set())
+    if pack.on_error is not None:
+        everything: set[str] = set()
+        for step in pack.steps:
+            everything |= {step.id} | _exported(step)
+        walk(pack.on_error.compensate, everything | every_id)
     return result
 
 
@@ -479,7 +514,7 @@ def _service_issues(pack: WorkflowPack, services: Collection[str] | None) -> lis
         return []
     known = sorted(services)
     issues = []
-    for pointer, step, _ in iter_steps(pack.steps):
+    for pointer, step, _ in all_steps(pack):
         if isinstance(step, ServiceCallStep) and step.service not in services:
             issues.append(
                 ValidationIssue(

@@ -48,6 +48,7 @@ def _run(client: Any, pack: Any, inputs: dict[str, Any], options: dict[str, Any]
     started = time.monotonic()
     record = client.wait(execution_id, timeout_s=timeout_s)
     elapsed = time.monotonic() - started
+    print(f"ELAPSED {elapsed:.3f} {record['status']}")
     assert record["execution_id"] == execution_id
     return record, elapsed
 
@@ -374,6 +375,7 @@ def test_case11_many_attempts_with_capped_backoff(engine_sqlite_url: str, make_c
     assert stub.count("flaky POST /v1/op") == 1100
     times = stub.times("flaky POST /v1/op")
     max_gap_ms = max((b - a) * 1000 for a, b in zip(times, times[1:]))
+    print(f"MAXGAP {max_gap_ms:.1f}")
     assert max_gap_ms < 255, max_gap_ms
 
 
@@ -459,6 +461,7 @@ def test_case14_cancel_during_retry_backoff(engine_sqlite_url: str, make_client:
     record = client.cancel(execution_id)
     cancel_took = time.monotonic() - cancel_at
     assert record["status"] == "cancelled", record
+    print(f"CANCEL {cancel_took:.3f}")
     assert cancel_took < 2, cancel_took
     assert "ship" in record["error_detail"]["never_ran"]
 

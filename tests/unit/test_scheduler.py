@@ -239,3 +239,120 @@ def record_time() -> Any:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc)
+
+
+def saga(gift: bool) -> dict[str, Any]:
+    """Case 22 (shared cases: compensation order and scope), in our DSL, on the echo service."""
+    return pack(
+        call("reserve-stock", "/v1/reserve"),
+        call("charge-card", "/v1/charge", dependencies=["reserve-stock"]),
+        {"id": "gift-check", "type": "condition", "condition": "inputs.gift == true", "dependencies": ["charge-card"],
+         "then": [call("wrap-gift", "/v1/wrap")], "else": []},
+        call("book-shipping", "/v1/book", dependencies=["gift-check"], on_error={
+            "retry": {"max_attempts": 1},
+            "compensate": [
+                call("release-stock", "/v1/release", compensates="reserve-stock"),
+                call("refund-card", "/v1/refund", compensates="charge-card",
+                     inputs={"charged": "${ steps.charge-card.outputs.path }"}),
+                call("unwrap-gift", "/v1/unwrap", compensates="wrap-gift"),
+            ],
+        }),
+    )
+
+
+def paths(demo: Any) -> list[str]:
+    return [entry["path"] for entry in demo.calls()["log"]]
+
+
+@pytest.mark.parametrize("gift", [False, True])
+def test_compensation_undoes_only_what_completed_in_reverse_order(demo: Any, gift: bool) -> None:
+    demo.set_faults([Fault(path="/echo/v1/book", fail_first=100, status=409)])
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(saga(gift), {"gift": gift}))
+    assert record["status"] == "failed"
+    assert record["error_detail"]["step"] == "book-shipping" and "409" in record["error"]
+    undo = [p for p in paths(demo) if p in {"/echo/v1/unwrap", "/echo/v1/refund", "/echo/v1/release"}]
+    expected = ["/echo/v1/refund", "/echo/v1/release"]
+    assert undo == (["/echo/v1/unwrap", *expected] if gift else expected)
+    assert "refund-card" in record["completed_steps"]
+
+
+def test_failed_compensation_is_recorded_and_the_others_still_run(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/book", fail_first=100, status=409),
+                     Fault(path="/echo/v1/refund", fail_first=100, status=500)])
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(saga(False), {"gift": False}, max_retries=0))
+    assert record["status"] == "failed"
+    assert "book-shipping" in record["error"] and "refund-card" in record["error"]
+    assert paths(demo).count("/echo/v1/release") == 1
+    assert record["error_detail"]["compensation_errors"][0]["step"] == "refund-card"
+
+
+def price_pack() -> dict[str, Any]:
+    """Case 21 (shared cases: fallback output propagation), in our DSL, on the echo service."""
+    return pack(
+        call("fetch-price", "/v1/price", inputs={"price": 12.5},
+             outputs={"price": "${ result.body.price }", "source": "primary"},
+             on_error={"retry": {"max_attempts": 1},
+                       "fallback": [call("default-price", "/v1/default", inputs={"price": 0, "source": "fallback"},
+                                         outputs={"price": "${ result.body.price }",
+                                                  "source": "${ result.body.source }"})]}),
+        call("quote", "/v1/quote", dependencies=["fetch-price"], inputs={
+            "price": "${ steps.fetch-price.outputs.price }",
+            "price_source": "${ steps.fetch-price.outputs.source }",
+            "error_status": "${ defined(steps.fetch-price.error.status) ? steps.fetch-price.error.status : null }",
+        }),
+        outputs={"price": "${ steps.fetch-price.outputs.price }",
+                 "degraded": "${ steps.fetch-price.outputs.source == 'fallback' }"},
+    )
+
+
+def quote_bodies(demo: Any) -> list[Any]:
+    return [e for e in demo.calls()["log"] if e["path"] == "/echo/v1/quote"]
+
+
+def test_fallback_outputs_flow_downstream_with_the_error_visible(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/price", fail_first=100, status=503)])
+    h = Harness(demo)
+    record, actor = asyncio.run(h.run(price_pack()))
+    assert record["status"] == "completed", record["error"]
+    assert record["outputs"] == {"price": 0, "degraded": True}
+    assert len(quote_bodies(demo)) == 1
+    quote = [e for e in actor._events if e.get("step_key") == "quote" and e["type"] == "step.completed"]
+    assert quote
+    assert paths(demo).count("/echo/v1/price") == 1 and paths(demo).count("/echo/v1/default") == 1
+
+
+def test_without_failure_the_fallback_does_not_run(demo: Any) -> None:
+    h = Harness(demo)
+    record, _ = asyncio.run(h.run(price_pack()))
+    assert record["outputs"] == {"price": 12.5, "degraded": False}
+    assert "/echo/v1/default" not in paths(demo)
+
+
+def test_fallback_checkpoint_says_recovered(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/price", fail_first=100, status=503)])
+    h = Harness(demo)
+
+    async def scenario() -> list[Any]:
+        record, actor = await h.run(price_pack())
+        return await h.store.load_checkpoints(record["execution_id"])
+
+    checkpoints = {(cp.step_key, cp.attempt): cp for cp in asyncio.run(scenario())}
+    assert checkpoints[("fetch-price", 1)].status == "failed"
+    recovered = checkpoints[("fetch-price", 2)]
+    assert recovered.status == "completed" and recovered.error["kind"] == "recovered_by_fallback"
+    assert recovered.error["cause"]["status"] == 503 and recovered.outputs == {"price": 0, "source": "fallback"}
+
+
+def test_handled_locally_the_run_goes_on(demo: Any) -> None:
+    demo.set_faults([Fault(path="/echo/v1/optional", fail_first=100, status=500)])
+    h = Harness(demo)
+    doc = pack(
+        call("optional", "/v1/optional", on_error={"retry": {"max_attempts": 1}, "propagate": False}),
+        call("next", "/v1/next", dependencies=["optional"], inputs={"prior": "${ steps.optional.status }"}),
+        outputs={"prior": "${ steps.next.outputs.body.prior }"},
+    )
+    record, _ = asyncio.run(h.run(doc))
+    assert record["status"] == "completed" and record["outputs"] == {"prior": "failed"}
+    assert "optional" not in record["completed_steps"]
