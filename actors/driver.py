@@ -266,6 +266,32 @@ class WorkflowClient:
             raise ExecutionNotFoundError(execution_id)
         return asyncio.run(read_record(self.settings.store_url, execution_id))
 
+    def resume_unfinished(self) -> list[str]:
+        """Host again every run that is not terminal (after the whole cluster went down).
+
+        Each run is claimed by its host, which fences any owner still alive somewhere, and
+        continues from its checkpoints. Returns the ids resumed.
+        """
+        import ray
+
+        from persistence.store import open_store
+
+        async def unfinished() -> list[tuple[str, str]]:
+            store = await open_store(self.settings.store_url, pool_size=1)
+            try:
+                records = await store.list_executions(statuses=["running"], limit=100_000)
+                return [(r.execution_id, r.isolation) for r in records]
+            finally:
+                await store.close()
+
+        resumed = []
+        for execution_id, isolation in asyncio.run(unfinished()):
+            host = self._host(execution_id, isolation)
+            self._hosts[execution_id] = host
+            ray.get(host.resume.remote(execution_id))
+            resumed.append(execution_id)
+        return resumed
+
     def cancel(self, execution_id: str) -> dict[str, Any]:
         """Cancel a run started by this client; return its record once it has stopped.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 import zlib
 from collections import OrderedDict
@@ -99,10 +100,11 @@ class ExecutionHost:
         dedicated: True for a one-run host that exits when its run ends.
     """
 
-    def __init__(self, settings: Settings, registry: ServiceRegistry, dedicated: bool = False) -> None:
+    def __init__(self, settings: Settings, registry: ServiceRegistry, name: str, dedicated: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         self._settings = settings
         self._registry = registry
+        self._name = name
         self._dedicated = dedicated
         self._runner = RayStepRunner(settings.step_task_num_cpus)
         self._store: Store | None = None
@@ -110,6 +112,35 @@ class ExecutionHost:
         self._runs: dict[str, ExecutionActor] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._finished: OrderedDict[str, ExecutionActor] = OrderedDict()
+        self._recovered: asyncio.Task[list[str]] | None = None
+        if _reconstructed():
+            # Ray restarted this host after its process died: its runs are in the database,
+            # not in memory. Host them again (each claim fences any stale owner).
+            self._recovered = asyncio.get_event_loop().create_task(self._recover())
+
+    async def _recover(self) -> list[str]:
+        store = await self._get_store()
+        mine = [
+            record.execution_id
+            for record in await store.list_executions(statuses=[ExecutionStatus.RUNNING.value], limit=100_000)
+            if self._owns(record.execution_id, record.isolation)
+        ]
+        for execution_id in mine:
+            if execution_id not in self._runs:
+                self._start(execution_id)
+        log.info("host %s restarted; resumed %d run(s)", self._name, len(mine))
+        return mine
+
+    def _owns(self, execution_id: str, isolation: str) -> bool:
+        if self._dedicated:
+            return self._name == dedicated_host_name(execution_id)
+        return isolation != "dedicated" and self._name == shared_host_name(
+            zlib.crc32(execution_id.encode()) % self._settings.execution_hosts
+        )
+
+    async def recovered(self) -> list[str]:
+        """Ids of the runs this host resumed after a restart (empty if it was not restarted)."""
+        return await self._recovered if self._recovered is not None else []
 
     async def _get_store(self) -> Store:
         async with self._store_lock:
@@ -201,10 +232,16 @@ class ExecutionHost:
         Raises:
             ExecutionNotFoundError: unknown id.
         """
+        if self._recovered is not None:
+            await self._recovered
         actor = self._actor(execution_id)
         if actor is None:
             record = await self.status(execution_id)
-            return record if is_terminal(record["status"]) else None
+            if is_terminal(record["status"]):
+                return record
+            # Hosted elsewhere (or not yet resumed): let the caller poll, not spin.
+            await asyncio.sleep(min(timeout_s, 0.5))
+            return None
         result = await actor.events_after(1 << 62, timeout_s)
         return actor.final if result["done"] else None
 
@@ -238,6 +275,24 @@ class ExecutionHost:
         """Ids of the runs hosted here now."""
         return list(self._runs)
 
+    async def info(self) -> dict[str, Any]:
+        """``{"name", "pid", "node_id", "dedicated", "runs"}``: where this host lives."""
+        context = ray.get_runtime_context()
+        return {
+            "name": self._name,
+            "pid": os.getpid(),
+            "node_id": context.get_node_id(),
+            "dedicated": self._dedicated,
+            "runs": list(self._runs),
+        }
+
+
+def _reconstructed() -> bool:
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - outside an actor (tests of the plain class)
+        return False
+
 
 def _exit_actor() -> None:
     # A dedicated host has served its one run; ending it frees its process.
@@ -268,7 +323,9 @@ def get_host(
         namespace=namespace,
         get_if_exists=True,
         max_restarts=-1,
+        # Calls in flight when the host dies are retried on the restarted host.
+        max_task_retries=-1,
         max_concurrency=10_000,
         num_cpus=0,
-    ).remote(settings, registry, dedicated)
+    ).remote(settings, registry, name, dedicated)
 

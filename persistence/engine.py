@@ -15,13 +15,18 @@
 * :func:`run_migrations` runs Alembic ``upgrade head`` in one transaction on the
   engine, without an ``alembic.ini``. Concurrent migrators are serialised: PostgreSQL
   by ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, SQLite by ``BEGIN IMMEDIATE``
-  (plus one retry on "already exists" as a belt-and-braces measure).
+  (plus one retry on "already exists" as a belt-and-braces measure); within one event
+  loop an ``asyncio.Lock`` also keeps Alembic's global ``context`` from being shared.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 import re
 import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,6 +52,7 @@ __all__ = [
     "alembic_config",
     "check_schema",
     "create_engine_for",
+    "json_dumps",
     "mask_url",
     "normalize_url",
     "probe",
@@ -128,6 +134,11 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 
+#: How JSON columns are serialised: compact, and refusing NaN/Infinity on every backend
+#: (PostgreSQL's JSONB rejects them; SQLite would otherwise store them).
+json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+
+
 def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
     """Create the async engine for a normalised URL (see module docstring for settings).
 
@@ -146,7 +157,14 @@ def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigurationError(SETTING, mask_url(url), f"cannot create the database folder: {exc}") from exc
-        engine = create_async_engine(url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=60)
+        engine = create_async_engine(
+            url,
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+            json_serializer=json_dumps,
+        )
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
         return engine
@@ -156,6 +174,7 @@ def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=min(2, pool_size),
         connect_args={"timeout": CONNECT_TIMEOUT_S},
+        json_serializer=json_dumps,
     )
 
 
@@ -202,6 +221,20 @@ def _upgrade_sync(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+#: One lock per event loop: Alembic keeps its ``context`` in module globals, so two
+#: upgrades interleaved on one loop (two engines opened with ``asyncio.gather``) must
+#: not run at once even before the database lock is reached.
+_LOOP_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _loop_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _LOOP_LOCKS.get(loop)
+    if lock is None:
+        lock = _LOOP_LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
 def _already_exists(exc: BaseException) -> bool:
     return "already exists" in str(exc).lower()
 
@@ -218,7 +251,7 @@ async def run_migrations(engine: AsyncEngine) -> None:
     writer = engine.execution_options(**{WRITE_OPTION: True})
     for attempt in (1, 2):
         try:
-            async with writer.begin() as conn:
+            async with _loop_lock(), writer.begin() as conn:
                 await conn.run_sync(_upgrade_sync)
             return
         except (DBAPIError, sqlite3.Error) as exc:

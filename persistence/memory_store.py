@@ -148,7 +148,9 @@ class MemoryStore:
         """Insert a new execution. See :meth:`persistence.store.Store.create_execution`."""
         self._check_open()
         status, isolation = plain_status(status), plain_status(isolation)  # type: ignore[assignment]
-        eid = check_new_execution(execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status)
+        eid = check_new_execution(
+            execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status
+        )
         now = utc_now()
         record = ExecutionRecord(
             execution_id=eid,

@@ -21,13 +21,14 @@ row was new and the key is not already listed.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
 from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -79,6 +80,20 @@ def _ts(value: datetime) -> ColumnElement[Any]:
 
 class _Refused(Exception):
     """Internal: a fenced UPDATE matched no row; the transaction must roll back."""
+
+
+@contextmanager
+def _plain_value_errors() -> Iterator[None]:
+    """Re-raise a value SQLAlchemy could not bind (not JSON, NaN) as the original TypeError/ValueError.
+
+    MemoryStore raises those directly; this keeps the two stores' errors alike.
+    """
+    try:
+        yield
+    except StatementError as exc:
+        if not isinstance(exc, DBAPIError) and isinstance(exc.orig, TypeError | ValueError):
+            raise exc.orig from None
+        raise
 
 
 class SqlStore:
@@ -137,13 +152,25 @@ class SqlStore:
         present = exists(select(literal(1)).select_from(each).where(each.c.value == step_key))
         return case((present, col), else_=func.json_insert(col, "$[#]", step_key))
 
-    async def _refuse(self, execution_id: str, given_id: str, owner_epoch: int) -> NoReturn:
-        """Raise NotFound if the row is gone, else FencedError (epoch lost or run terminal)."""
+    async def _refuse(
+        self, execution_id: str, given_id: str, owner_epoch: int, original: Exception | None = None
+    ) -> NoReturn:
+        """Raise NotFound if the row is gone, else FencedError (epoch lost or run terminal).
+
+        With ``original`` (an integrity error), re-raise it instead of FencedError when the
+        row exists: then the failure was not the missing parent row.
+        """
         async with self._engine.connect() as conn:
             found = await conn.scalar(select(EXECUTIONS.c.owner_epoch).where(EXECUTIONS.c.execution_id == execution_id))
         if found is None:
             raise ExecutionNotFoundError(given_id)
+        if original is not None:
+            raise original
         raise FencedError(execution_id, owner_epoch)
+
+    @staticmethod
+    def _select_one(execution_id: str) -> Any:
+        return select(EXECUTIONS).where(EXECUTIONS.c.execution_id == execution_id)
 
     def _fenced(self, execution_id: str, owner_epoch: int) -> Any:
         return update(EXECUTIONS).where(
@@ -218,7 +245,9 @@ class SqlStore:
         """Insert a new execution. See :meth:`persistence.store.Store.create_execution`."""
         self._check_open()
         status, isolation = plain_status(status), plain_status(isolation)  # type: ignore[assignment]
-        eid = check_new_execution(execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status)
+        eid = check_new_execution(
+            execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status
+        )
         now = _ts(utc_now())
         stmt = (
             EXECUTIONS.insert()
@@ -246,8 +275,9 @@ class SqlStore:
             .returning(*EXECUTIONS.c)
         )
         try:
-            async with self._writer.begin() as conn:
-                row = (await conn.execute(stmt)).mappings().one()
+            with _plain_value_errors():
+                async with self._writer.begin() as conn:
+                    row = (await conn.execute(stmt)).mappings().one()
         except IntegrityError as exc:
             raise ValueError(f"execution {eid} already exists") from exc
         return execution_from_row(row)
@@ -273,7 +303,7 @@ class SqlStore:
         async with self._writer.begin() as conn:
             row = (await conn.execute(stmt)).mappings().first()
             if row is None:
-                row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+                row = (await conn.execute(self._select_one(eid))).mappings().first()
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         return execution_from_row(row)
@@ -320,17 +350,18 @@ class SqlStore:
         if context is not None:
             values["context"] = bindparam(None, context, type_=json_type())
         try:
-            async with self._writer.begin() as conn:
-                inserted = (await conn.execute(insert)).rowcount == 1
-                if inserted and completed_step is not None:
-                    values["completed_steps"] = self._append_step(completed_step)
-                if (await conn.execute(self._fenced(eid, owner_epoch).values(**values))).rowcount != 1:
-                    raise _Refused
+            with _plain_value_errors():
+                async with self._writer.begin() as conn:
+                    inserted = (await conn.execute(insert)).rowcount == 1
+                    if inserted and completed_step is not None:
+                        values["completed_steps"] = self._append_step(completed_step)
+                    if (await conn.execute(self._fenced(eid, owner_epoch).values(**values))).rowcount != 1:
+                        raise _Refused
         except _Refused:
             await self._refuse(eid, checkpoint.execution_id, owner_epoch)
-        except IntegrityError:
+        except IntegrityError as exc:
             # The only constraint the checks above cannot rule out: the execution's row is missing.
-            await self._refuse(eid, checkpoint.execution_id, owner_epoch)
+            await self._refuse(eid, checkpoint.execution_id, owner_epoch, original=exc)
         return inserted
 
     async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
@@ -377,10 +408,11 @@ class SqlStore:
             )
             .returning(*EXECUTIONS.c)
         )
-        async with self._writer.begin() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-            if row is None:
-                row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+        with _plain_value_errors():
+            async with self._writer.begin() as conn:
+                row = (await conn.execute(stmt)).mappings().first()
+                if row is None:
+                    row = (await conn.execute(self._select_one(eid))).mappings().first()
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         if row["status"] not in TERMINAL_STATUSES:
@@ -394,7 +426,7 @@ class SqlStore:
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(EXECUTIONS).where(EXECUTIONS.c.execution_id == eid))).mappings().first()
+            row = (await conn.execute(self._select_one(eid))).mappings().first()
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         return execution_from_row(row)

@@ -248,5 +248,6 @@ async def open_store(url: str, *, migrate: bool = True, pool_size: int = 5) -> S
         raise
     except Exception as exc:
         await engine.dispose()
-        raise ConfigurationError(SETTING, engine.url.render_as_string(hide_password=True), f"cannot open the store: {exc}") from exc
+        masked = engine.url.render_as_string(hide_password=True)
+        raise ConfigurationError(SETTING, masked, f"cannot open the store: {type(exc).__name__}: {exc}") from exc
     return SqlStore(engine)
