@@ -57,6 +57,7 @@ __all__ = [
     "normalize_url",
     "probe",
     "run_migrations",
+    "take_migration_lock",
 ]
 
 #: The setting every configuration error names.
@@ -212,10 +213,18 @@ def alembic_config() -> Config:
     return config
 
 
-def _upgrade_sync(connection: Connection) -> None:
+def take_migration_lock(connection: Connection) -> None:
+    """On PostgreSQL, wait for and hold the migration advisory lock until the transaction ends.
+
+    A second migrator blocks here and then finds the schema already at head. (SQLite needs
+    nothing: the transaction was opened with ``BEGIN IMMEDIATE``.)
+    """
     if connection.dialect.name == "postgresql":
-        # Held until the transaction ends: a second migrator waits here, then finds head.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    take_migration_lock(connection)
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")

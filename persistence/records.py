@@ -10,6 +10,9 @@ string literals scattered through the code::
     execution: queued -> running -> completed | failed | cancelled
     step checkpoint: completed | failed | skipped | cancelled
 
+The values are those of ``dsl.state.ExecutionStatus`` / ``StepStatus`` (str enums, which
+own the transition rules); the stores accept either form and always return plain strings.
+
 Datetimes are always timezone-aware UTC. SQLite stores them without an offset, so the
 store normalises every value it reads with :func:`as_utc`; JSON-ready forms use
 :func:`isoformat_z` (``2024-05-01T12:00:00.123Z``, millisecond precision).
@@ -22,6 +25,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+
+from dsl.state import TERMINAL, ExecutionStatus, StepStatus
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -45,23 +50,25 @@ __all__ = [
     "utc_now",
 ]
 
-STATUS_QUEUED: Final = "queued"
-STATUS_RUNNING: Final = "running"
-STATUS_COMPLETED: Final = "completed"
-STATUS_FAILED: Final = "failed"
-STATUS_CANCELLED: Final = "cancelled"
-STEP_STATUS_SKIPPED: Final = "skipped"
+# The statuses are defined once, in dsl.state (house style §12); these are their string values
+# as stored in the database.
+STATUS_QUEUED: Final = ExecutionStatus.QUEUED.value
+STATUS_RUNNING: Final = ExecutionStatus.RUNNING.value
+STATUS_COMPLETED: Final = ExecutionStatus.COMPLETED.value
+STATUS_FAILED: Final = ExecutionStatus.FAILED.value
+STATUS_CANCELLED: Final = ExecutionStatus.CANCELLED.value
+STEP_STATUS_SKIPPED: Final = StepStatus.SKIPPED.value
 
-#: Statuses of an execution that still has an owner doing (or about to do) work.
-ACTIVE_STATUSES: Final = frozenset({STATUS_QUEUED, STATUS_RUNNING})
 #: Statuses an execution never leaves; writes against them are refused.
-TERMINAL_STATUSES: Final = frozenset({STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED})
+TERMINAL_STATUSES: Final = frozenset(status.value for status in TERMINAL)
 #: Every execution status.
-EXECUTION_STATUSES: Final = ACTIVE_STATUSES | TERMINAL_STATUSES
+EXECUTION_STATUSES: Final = frozenset(status.value for status in ExecutionStatus)
+#: Statuses of an execution that still has an owner doing (or about to do) work.
+ACTIVE_STATUSES: Final = EXECUTION_STATUSES - TERMINAL_STATUSES
 #: Statuses ``finish_execution`` accepts (the terminal ones).
 FINISH_STATUSES: Final = TERMINAL_STATUSES
 #: Statuses of one step attempt's checkpoint.
-STEP_STATUSES: Final = frozenset({STATUS_COMPLETED, STATUS_FAILED, STEP_STATUS_SKIPPED, STATUS_CANCELLED})
+STEP_STATUSES: Final = frozenset(status.value for status in StepStatus)
 #: ``shared`` runs on the shared step pool; ``dedicated`` gets its own actors.
 ISOLATION_MODES: Final = frozenset({"shared", "dedicated"})
 

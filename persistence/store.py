@@ -46,8 +46,10 @@ class Store(Protocol):
     """Persistence of packs, executions and step checkpoints. Every method is a coroutine.
 
     Unless stated, methods raise ``ValueError`` for arguments the schema cannot hold
-    (empty or over-long strings, unknown statuses, non-dict documents) and
-    ``RuntimeError`` after :meth:`close`.
+    (empty or over-long strings, unknown statuses, non-dict documents, NaN),
+    ``TypeError`` for values JSON cannot represent, and ``RuntimeError`` after
+    :meth:`close`. Statuses may be given as plain strings or str-valued enums (e.g.
+    ``dsl.state.ExecutionStatus``); records always carry plain strings.
     """
 
     async def close(self) -> None:

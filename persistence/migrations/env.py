@@ -56,14 +56,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-async def _run_async_migrations() -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
+def _locked_run_migrations(connection: Connection) -> None:
+    from persistence.engine import take_migration_lock
 
-    engine = create_async_engine(_url())
+    take_migration_lock(connection)
+    _do_run_migrations(connection)
+
+
+async def _run_async_migrations() -> None:
+    # Same engine settings (SQLite pragmas, BEGIN IMMEDIATE) and lock as the service uses.
+    from persistence.engine import WRITE_OPTION, create_engine_for, normalize_url
+
+    engine = create_engine_for(normalize_url(_url()))
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_do_run_migrations)
-            await connection.commit()
+        async with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+            await connection.run_sync(_locked_run_migrations)
     finally:
         await engine.dispose()
 
