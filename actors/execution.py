@@ -132,6 +132,7 @@ class ExecutionActor:
             default_retry_count=self._settings.default_retry_count,
             timeout_seconds=float(options.get("timeout_seconds") or self._settings.workflow_timeout_seconds),
             max_retries=options.get("max_retries"),
+            max_loop_iterations=self._settings.max_loop_iterations,
             checkpoints=checkpoints,
             context=record.context,
         )

@@ -39,7 +39,16 @@ from typing import Any, Protocol
 from actors.registry import ServiceRegistry
 from dsl.errors import ConfigurationError, ExpressionError
 from dsl.expressions import Expression, parse_expression
-from dsl.models import ConditionStep, LoopStep, ParallelStep, RetryPolicy, ServiceCallStep, Step, WorkflowPack
+from dsl.models import (
+    ConditionStep,
+    LoopStep,
+    ParallelStep,
+    RetryPolicy,
+    ServiceCallStep,
+    Step,
+    SwitchStep,
+    WorkflowPack,
+)
 from dsl.state import ExecutionStatus, StepStatus
 from dsl.templates import Template, compile_template
 from persistence.records import StepCheckpoint
@@ -161,6 +170,8 @@ class Scheduler:
         timeout_seconds: run timeout in s (``options.timeout_seconds`` or
             ``WORKFLOW_TIMEOUT_SECONDS``).
         max_retries: ``options.max_retries`` of the execute request, or None.
+        max_loop_iterations: bound of loops without ``max_iterations``
+            (``CORTX_MAX_LOOP_ITERATIONS``).
         checkpoints: checkpoints of an earlier incarnation of this run, for resume.
         context: the shared execution context (FDD §2.2).
         sleep: coroutine used for backoff delays (s).
@@ -180,6 +191,7 @@ class Scheduler:
         default_retry_count: int = 3,
         timeout_seconds: float = 300.0,
         max_retries: int | None = None,
+        max_loop_iterations: int = 100_000,
         checkpoints: list[StepCheckpoint] | tuple[StepCheckpoint, ...] = (),
         context: Mapping[str, Any] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -195,6 +207,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(max_parallel_steps)
         self._default_retries = default_retry_count if max_retries is None else max_retries
         self._timeout_seconds = timeout_seconds
+        self._max_loop_iterations = max_loop_iterations
         self._sleep = sleep
         self._rand = rand
         self._completed: dict[str, StepCheckpoint] = {}
@@ -373,6 +386,8 @@ class Scheduler:
         try:
             if isinstance(step, ConditionStep):
                 raw = await self._condition(step, frame)
+            elif isinstance(step, SwitchStep):
+                raw = await self._switch(step, frame)
             elif isinstance(step, LoopStep):
                 raw = await self._loop(step, frame, key)
             elif isinstance(step, ParallelStep):
@@ -407,16 +422,64 @@ class Scheduler:
             frame.steps.setdefault(skipped.id, {"status": StepStatus.SKIPPED.value, "outputs": None, "error": None})
         return {"branch": "then" if value else "else", "value": value}
 
+    async def _switch(self, step: SwitchStep, frame: _Frame) -> dict[str, Any]:
+        chosen: int | None = None
+        for index, case in enumerate(step.cases):
+            value = self._evaluate(case.when, frame, f"case {index} of step {step.id!r}")
+            if not isinstance(value, bool):
+                raise _StepError(
+                    "expression",
+                    f"case {index} `{case.when}` of step {step.id!r} must be true or false, got {_describe(value)}",
+                )
+            if value:
+                chosen = index
+                break
+        taken = step.default if chosen is None else step.cases[chosen].steps
+        child = frame.child()
+        await self._run_block(taken, child)
+        frame.steps.update(child.steps)
+        for _, branch in step.children():
+            if branch is not taken:
+                for skipped in branch:
+                    frame.steps.setdefault(skipped.id, {"status": StepStatus.SKIPPED.value, "outputs": None, "error": None})
+        return {"case": "default" if chosen is None else chosen}
+
+    async def _while(self, step: LoopStep, frame: _Frame, key: str, bound: int) -> list[Any]:
+        assert step.condition is not None
+        results: list[Any] = []
+        previous: dict[str, dict[str, Any]] = {}
+        while True:
+            scope_frame = _Frame({**frame.steps, **previous}, {**frame.variables, step.index_var: len(results)})
+            value = self._evaluate(step.condition, scope_frame, f"condition of loop {step.id!r}")
+            if not isinstance(value, bool):
+                raise _StepError(
+                    "expression", f"condition `{step.condition}` of loop {step.id!r} must be true or false, got {_describe(value)}"
+                )
+            if not value:
+                return results
+            if len(results) >= bound:
+                raise _StepError(
+                    "max_iterations", f"loop {step.id!r} still running after max_iterations {bound} iterations"
+                )
+            index = len(results)
+            child = _Frame({**frame.steps, **previous}, {**frame.variables, step.index_var: index}, f"{key}[{index}]/")
+            await self._run_block(step.steps, child)
+            previous = {s.id: child.steps[s.id] for s in step.steps}
+            results.append({s.id: child.steps[s.id]["outputs"] for s in step.steps})
+
     async def _loop(self, step: LoopStep, frame: _Frame, key: str) -> list[Any]:
+        bound = self._max_loop_iterations if step.max_iterations is None else step.max_iterations
+        if step.condition is not None:
+            return await self._while(step, frame, key, bound)
+        assert step.collection is not None
         items = self._evaluate(step.collection, frame, f"collection of step {step.id!r}")
         if not isinstance(items, list):
             raise _StepError(
                 "expression", f"collection `{step.collection}` of step {step.id!r} must be a list, got {_describe(items)}"
             )
-        if step.max_iterations is not None and len(items) > step.max_iterations:
+        if len(items) > bound:
             raise _StepError(
-                "max_iterations",
-                f"loop {step.id!r} has {len(items)} items, more than max_iterations {step.max_iterations}",
+                "max_iterations", f"loop {step.id!r} has {len(items)} items, more than max_iterations {bound}"
             )
         results: list[Any] = [None] * len(items)
 

@@ -16,6 +16,7 @@ variable                         default                          meaning
 ``CORTX_EXECUTION_HOSTS``        2                                shared ExecutionHosts started
 ``CORTX_STEP_TASK_NUM_CPUS``     0.25                             Ray CPUs reserved by one step task
 ``CORTX_DB_POOL_SIZE``           5                                connections per ExecutionHost
+``CORTX_MAX_LOOP_ITERATIONS``    100000                           bound of loops without max_iterations
 ===============================  ===============================  ==========================================
 
 The FDD marks ``DATABASE_URL`` as required; the design card asks for an embedded default,
@@ -59,6 +60,7 @@ class Settings:
         execution_hosts: number of shared ExecutionHosts.
         step_task_num_cpus: CPUs Ray reserves for one step task (I/O-bound work: a fraction).
         db_pool_size: database connections per ExecutionHost.
+        max_loop_iterations: bound of loops that set no ``max_iterations``.
     """
 
     database_url: str
@@ -70,6 +72,7 @@ class Settings:
     execution_hosts: int = 2
     step_task_num_cpus: float = 0.25
     db_pool_size: int = 5
+    max_loop_iterations: int = 100_000
 
     @property
     def store_url(self) -> str:
@@ -129,6 +132,10 @@ class Settings:
                 "CORTX_STEP_TASK_NUM_CPUS", float, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
             ),
             db_pool_size=get("CORTX_DB_POOL_SIZE", int, 5, "must be a whole number from 1 to 50", lambda v: 1 <= v <= 50),
+            max_loop_iterations=get(
+                "CORTX_MAX_LOOP_ITERATIONS", int, 100_000, "must be a whole number from 1 to 1000000",
+                lambda v: 1 <= v <= 1_000_000,
+            ),
         )
 
 

@@ -8,7 +8,8 @@ Step types (FDD §5.2, §7):
 
 * ``service_call`` (:class:`ServiceCallStep`): call a service from the service registry.
 * ``condition`` (:class:`ConditionStep`): evaluate ``condition``; run ``then`` or ``else``.
-* ``loop`` (:class:`LoopStep`): run ``steps`` once per item of ``collection``.
+* ``switch`` (:class:`SwitchStep`): run the first case whose ``when`` is true, else ``default``.
+* ``loop`` (:class:`LoopStep`): run ``steps`` per item of ``collection``, or while ``condition``.
 * ``parallel`` (:class:`ParallelStep`): run ``steps`` as a group, concurrently where their
   dependencies allow.
 
@@ -32,6 +33,8 @@ __all__ = [
     "RetryPolicy",
     "ServiceCallStep",
     "Step",
+    "SwitchCase",
+    "SwitchStep",
     "WorkflowPack",
     "all_steps",
     "iter_steps",
@@ -185,23 +188,65 @@ class ConditionStep(_StepBase):
 
 
 class LoopStep(_StepBase):
-    """Run ``steps`` once per item of ``collection`` (FDD §7.4).
+    """Run ``steps`` once per item of ``collection``, or while ``condition`` holds (FDD §1.2, §7.4).
 
-    Each iteration sees the item and its index under the names ``item`` and ``index``
-    (changeable with ``item_var`` / ``index_var``). The step's raw ``result`` is the list of
-    the iterations' results, each a mapping of body step id to that step's outputs.
+    Exactly one of ``collection`` (for-each) and ``condition`` (while) is given.
+
+    * For-each: each iteration sees the item and its index under the names ``item`` and
+      ``index`` (changeable with ``item_var`` / ``index_var``). Iterations run in order, or
+      up to ``max_concurrency`` at once. An empty collection completes at once.
+    * While: ``condition`` is evaluated before each iteration, with ``index`` the number of
+      iterations done and ``steps.<body id>`` the results of the previous iteration (absent
+      before the first: use ``defined()``). Iterations run one at a time.
+
+    ``max_iterations`` bounds both forms (the engine's ``CORTX_MAX_LOOP_ITERATIONS`` when
+    unset); exceeding it fails the step. The step's raw ``result`` is the list of the
+    iterations' results, each a mapping of body step id to that step's outputs.
     """
 
     type: Literal["loop"]
-    collection: str = Field(min_length=1, description="Expression that evaluates to a list.")
+    collection: str | None = Field(None, min_length=1, description="For-each: expression giving a list.")
+    condition: str | None = Field(None, min_length=1, description="While: expression giving true or false.")
     item_var: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "item"
     index_var: Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "index"
-    max_iterations: int | None = Field(None, ge=0, le=1_000_000, description="Fail the step past this many items.")
-    max_concurrency: int | None = Field(None, ge=1, le=10_000, description="Iterations run at once; 1 if unset.")
+    max_iterations: int | None = Field(None, ge=0, le=1_000_000, description="Fail the step past this many iterations.")
+    max_concurrency: int | None = Field(None, ge=1, le=10_000, description="For-each iterations run at once; 1 if unset.")
     steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> LoopStep:
+        if (self.collection is None) == (self.condition is None):
+            raise ValueError("a loop needs exactly one of 'collection' (for-each) and 'condition' (while)")
+        if self.condition is not None and self.max_concurrency not in (None, 1):
+            raise ValueError("max_concurrency applies to for-each loops only; while iterations run one at a time")
+        return self
 
     def children(self) -> Iterator[tuple[str, list[Step]]]:
         yield "steps", self.steps
+
+
+class SwitchCase(_Model):
+    """One case of a switch: ``steps`` run when ``when`` is the first case that is true."""
+
+    when: str = Field(min_length=1, description="Expression that evaluates to true or false.")
+    steps: list[Step] = Field(default_factory=list)
+
+
+class SwitchStep(_StepBase):
+    """Run the steps of the first case whose ``when`` is true, else ``default`` (FDD §1.2).
+
+    Cases are evaluated in order; each ``when`` must give a boolean. The steps of the other
+    cases are recorded ``skipped``. The raw ``result`` is ``{"case": <index or "default">}``.
+    """
+
+    type: Literal["switch"]
+    cases: list[SwitchCase] = Field(min_length=1)
+    default: list[Step] = Field(default_factory=list)
+
+    def children(self) -> Iterator[tuple[str, list[Step]]]:
+        for index, case in enumerate(self.cases):
+            yield f"cases/{index}/steps", case.steps
+        yield "default", self.default
 
 
 class ParallelStep(_StepBase):
@@ -218,11 +263,11 @@ class ParallelStep(_StepBase):
 
 
 Step = Annotated[
-    Union[ServiceCallStep, ConditionStep, LoopStep, ParallelStep],
+    Union[ServiceCallStep, ConditionStep, SwitchStep, LoopStep, ParallelStep],
     Field(discriminator="type"),
 ]
 
-STEP_TYPES: tuple[str, ...] = ("service_call", "condition", "loop", "parallel")
+STEP_TYPES: tuple[str, ...] = ("service_call", "condition", "switch", "loop", "parallel")
 
 
 class WorkflowPack(_Model):
@@ -293,5 +338,8 @@ def _iter_one(step: Step, pointer: str, ancestors: tuple[str, ...]) -> Iterator[
                 yield from _iter_one(child, f"{pointer}/on_error/{field}/{index}", inner)
 
 
-for _model in (ErrorHandler, PackErrorHandler, ServiceCallStep, ConditionStep, LoopStep, ParallelStep, WorkflowPack):
+for _model in (
+    ErrorHandler, PackErrorHandler, ServiceCallStep, ConditionStep, SwitchCase, SwitchStep, LoopStep, ParallelStep,
+    WorkflowPack,
+):
     _model.model_rebuild()

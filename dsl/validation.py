@@ -29,7 +29,16 @@ from pydantic import ValidationError
 from dsl.errors import ExpressionError, InputValidationError, PackValidationError, ValidationIssue
 from dsl.expressions import parse_expression
 from dsl.loader import SourceMap, escape_pointer, parse_document
-from dsl.models import STEP_TYPES, ConditionStep, LoopStep, ServiceCallStep, Step, WorkflowPack, all_steps
+from dsl.models import (
+    STEP_TYPES,
+    ConditionStep,
+    LoopStep,
+    ServiceCallStep,
+    Step,
+    SwitchStep,
+    WorkflowPack,
+    all_steps,
+)
 from dsl.templates import compile_template
 
 __all__ = ["LoadedPack", "load_pack", "validate_document", "validate_inputs"]
@@ -409,8 +418,16 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
         where = f"step {step.id!r}"
         if isinstance(step, ConditionStep):
             check_expr(pointer + "/condition", step.condition, before, where)
+        if isinstance(step, SwitchStep):
+            for index, case in enumerate(step.cases):
+                check_expr(f"{pointer}/cases/{index}/when", case.when, before, where)
         if isinstance(step, LoopStep):
-            check_expr(pointer + "/collection", step.collection, before, where)
+            if step.collection is not None:
+                check_expr(pointer + "/collection", step.collection, before, where)
+            if step.condition is not None:
+                # A while condition sees the previous iteration's body steps.
+                body = {s.id for s in step.steps} | {i for s in step.steps for i in _exported(s)}
+                check_expr(pointer + "/condition", step.condition, before | body, where)
         if isinstance(step, ServiceCallStep):
             check_template(pointer + "/inputs", step.inputs, before, where)
             check_template(pointer + "/headers", step.headers, before, where)

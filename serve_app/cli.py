@@ -5,6 +5,9 @@ Commands::
     cortx-workflow validate PACK [--json] [--services FILE]
     cortx-workflow run PACK --inputs FILE_OR_JSON [--json] [--services FILE]
     cortx-workflow status EXECUTION_ID [--json]
+    cortx-workflow schema
+    cortx-workflow graph PACK
+    cortx-workflow recover
     cortx-workflow demo-services [--port PORT] [--latency-ms MS] [--fail PATH=N[:STATUS]]
 
 ``DATABASE_URL`` selects the database for all of them (a SQLite file in the working folder
@@ -59,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("execution_id")
     status.add_argument("--json", action="store_true", help="print the record as JSON")
 
+    sub.add_parser("schema", help="print the JSON Schema of the pack format (for editors and the Designer)")
+
+    graph = sub.add_parser("graph", help="print a pack's step graph as Mermaid flowchart text")
+    graph.add_argument("pack", help="pack file (YAML or JSON)")
+
+    recover = sub.add_parser("recover", help="host again every run left unfinished (after a crash) and wait")
+    recover.add_argument("--services", help="service registry YAML")
+    recover.add_argument("--no-wait", action="store_true", help="hand the runs to hosts and exit")
+
     demo = sub.add_parser("demo-services", help="serve the demo Validation/Compliance/Ledger services")
     demo.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700)")
     demo.add_argument("--latency-ms", type=int, default=0, help="delay every business call by this many ms")
@@ -72,7 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cortx-workflow`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        handler = {"validate": _validate, "run": _run, "status": _status, "demo-services": _demo}[args.command]
+        handler = {
+            "validate": _validate,
+            "run": _run,
+            "status": _status,
+            "schema": _schema,
+            "graph": _graph,
+            "recover": _recover,
+            "demo-services": _demo,
+        }[args.command]
         return handler(args)
     except PackValidationError as exc:
         for line in exc.lines():
@@ -193,6 +213,44 @@ def _status(args: argparse.Namespace) -> int:
     record = asyncio.run(read_record(settings.database_url, args.execution_id))
     _print_record(record, args.json)
     return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from dsl.schema import pack_json_schema
+
+    print(json.dumps(pack_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from dsl.graph import to_mermaid
+    from dsl.loader import read_text
+    from dsl.validation import load_pack
+
+    print(to_mermaid(load_pack(read_text(args.pack), args.pack).pack), end="")
+    return EXIT_OK
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from actors.driver import WorkflowClient
+
+    registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY")
+    client = WorkflowClient.from_env(registry_path=registry)
+    import ray
+
+    try:
+        resumed = client.resume_unfinished()
+        print(f"resumed {len(resumed)} run(s)", flush=True)
+        failed = 0
+        if not args.no_wait:
+            for execution_id in resumed:
+                record = client.wait(execution_id)
+                failed += record["status"] != "completed"
+                print(f"{execution_id}: {record['status']}", flush=True)
+    finally:
+        if not args.no_wait:
+            ray.shutdown()
+    return EXIT_OK if not failed else EXIT_RUN_FAILED
 
 
 def _demo(args: argparse.Namespace) -> int:

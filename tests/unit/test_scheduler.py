@@ -356,3 +356,41 @@ def test_handled_locally_the_run_goes_on(demo: Any) -> None:
     record, _ = asyncio.run(h.run(doc))
     assert record["status"] == "completed" and record["outputs"] == {"prior": "failed"}
     assert "optional" not in record["completed_steps"]
+
+
+def test_switch_runs_the_first_true_case_else_default(demo: Any) -> None:
+    h = Harness(demo)
+    doc = pack({"id": "route", "type": "switch", "cases": [
+        {"when": "inputs.amount > 1000", "steps": [call("big", "/v1/big")]},
+        {"when": "inputs.amount > 100", "steps": [call("medium", "/v1/medium")]},
+    ], "default": [call("small", "/v1/small")]}, outputs={"case": "${ steps.route.outputs.case }"})
+    for amount, case, ran in ((5000, 0, "big"), (500, 1, "medium"), (5, "default", "small")):
+        record, _ = asyncio.run(h.run(doc, {"amount": amount}))
+        assert record["outputs"] == {"case": case}
+        assert [k for k in record["completed_steps"] if k != "route"] == [ran]
+    record, _ = asyncio.run(h.run(doc, {"amount": "5000"}))
+    assert record["status"] == "failed" and "cannot compare" in record["error"]
+
+
+def test_while_loop_runs_until_its_condition_is_false_and_is_bounded(demo: Any) -> None:
+    h = Harness(demo)
+    body = [call("poll", "/v1/poll", inputs={"attempt": "${ index }"})]
+    doc = pack({"id": "until", "type": "loop", "max_iterations": 10,
+                "condition": "not defined(steps.poll.outputs) or steps.poll.outputs.body.attempt < 3",
+                "steps": body}, outputs={"n": "${ length(steps.until.outputs) }"})
+    record, _ = asyncio.run(h.run(doc))
+    assert record["status"] == "completed" and record["outputs"] == {"n": 4}
+    assert record["completed_steps"][:2] == ["until[0]/poll", "until[1]/poll"]
+    doc["steps"][0]["condition"] = "true"
+    doc["steps"][0]["max_iterations"] = 3
+    record, _ = asyncio.run(h.run(doc))
+    assert record["status"] == "failed" and "max_iterations 3" in record["error"]
+    assert paths(demo).count("/echo/v1/poll") == 4 + 3
+
+
+def test_loops_without_a_bound_use_the_configured_default(demo: Any) -> None:
+    h = Harness(demo, max_loop_iterations=2)
+    doc = pack({"id": "each", "type": "loop", "collection": "inputs.xs", "steps": [call("x", "/v1/x")]})
+    record, _ = asyncio.run(h.run(doc, {"xs": [1, 2, 3]}))
+    assert record["status"] == "failed" and "more than max_iterations 2" in record["error"]
+    assert demo.calls()["total"] == 0
