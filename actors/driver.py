@@ -166,8 +166,7 @@ class WorkflowClient:
         import ray
 
         loaded = coerce_pack(pack, services=self.registry.names())
-        run_inputs = dict(inputs or {})
-        validate_inputs(loaded.pack, run_inputs)
+        run_inputs = validate_inputs(loaded.pack, dict(inputs or {}))
         opts = dict(options or {})
         isolation = str(opts.pop("isolation", None) or loaded.pack.isolation)
         execution_id = execution_id or str(uuid.uuid4())

@@ -18,6 +18,7 @@ Every issue carries a JSON pointer, the YAML line and column, a stable code and 
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -121,21 +122,43 @@ def validate_document(
     return LoadedPack(pack, (), data)
 
 
-def validate_inputs(pack: WorkflowPack, inputs: Any) -> None:
+def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
     """Check run inputs against the pack's input schema (JSON Schema, draft 2020-12).
+
+    Returns:
+        The inputs with the schema's ``default`` values filled in for absent properties
+        (at every level of nested objects), which is what the run sees.
 
     Raises:
         InputValidationError: with every violation and its pointer into the inputs.
     """
     if not isinstance(inputs, dict):
         raise InputValidationError([ValidationIssue("inputs_not_object", "", "inputs must be a JSON object")])
-    validator = jsonschema.Draft202012Validator(pack.input_schema())
+    schema = pack.input_schema()
+    validator = jsonschema.Draft202012Validator(schema)
     issues = [
         ValidationIssue("input_schema", "".join(f"/{escape_pointer(p)}" for p in err.absolute_path), err.message)
         for err in sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.absolute_path)))
     ]
     if issues:
         raise InputValidationError(issues)
+    return _with_defaults(schema, inputs)
+
+
+def _with_defaults(schema: Any, value: Any) -> Any:
+    """A copy of ``value`` with ``default``s of absent object properties filled in."""
+    if not isinstance(schema, dict) or not isinstance(value, dict):
+        return value
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return dict(value)
+    out = dict(value)
+    for name, sub in properties.items():
+        if name in out:
+            out[name] = _with_defaults(sub, out[name])
+        elif isinstance(sub, dict) and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+    return out
 
 
 # --- stage 2: schema -------------------------------------------------------------------------

@@ -15,8 +15,8 @@ by default). The service registry is ``--services``, else ``CORTX_SERVICE_REGIST
 ``services.yaml`` beside the pack.
 
 Exit codes: 0 success (a run that completed); 1 bad input (unreadable or invalid pack,
-bad inputs, unknown execution id, bad configuration); 2 wrong usage; 3 a run that ended
-``failed`` or ``cancelled``. Errors are one line on stderr, never a traceback (set
+bad inputs, unknown execution id, bad configuration, a busy port); 2 wrong usage; 3 a run
+that ended ``failed`` or ``cancelled``; 70 an internal error (a bug: please report it). Errors are one line on stderr, never a traceback (set
 ``CORTX_DEBUG=1`` to see one).
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dsl.errors import InputValidationError, PackLoadError, PackValidationError, WorkflowError
+from dsl.errors import ConfigurationError, InputValidationError, PackLoadError, PackValidationError, WorkflowError
 
 __all__ = ["main"]
 
@@ -208,9 +208,19 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from actors.driver import read_record
     from actors.settings import Settings
+    from dsl.errors import ExecutionNotFoundError
 
     settings = Settings.from_env()
-    record = asyncio.run(read_record(settings.database_url, args.execution_id))
+    database = settings.database_url
+    if database.startswith("sqlite") and not Path(database.split(":///", 1)[-1]).exists():
+        # Do not create an empty database just to look in it.
+        print(f"error: no execution with id {args.execution_id!r}: there is no database at {database}", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        record = asyncio.run(read_record(database, args.execution_id))
+    except ExecutionNotFoundError as exc:
+        print(f"error: {exc} in {_masked(database)}", file=sys.stderr)
+        return EXIT_INPUT
     _print_record(record, args.json)
     return EXIT_OK
 
@@ -257,11 +267,22 @@ def _demo(args: argparse.Namespace) -> int:
     from serve_app.demo_services import parse_fault, serve
 
     faults = [parse_fault(text) for text in args.fail]
-    serve(port=args.port, latency_ms=args.latency_ms, faults=faults)
+    try:
+        serve(port=args.port, latency_ms=args.latency_ms, faults=faults)
+    except OSError as exc:
+        raise ConfigurationError("--port", args.port, f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc})") from None
     return EXIT_OK
 
 
 # --- output ---------------------------------------------------------------------------------
+
+
+def _masked(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    import re
+
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
 
 
 def _event_line(event: dict[str, Any]) -> str | None:

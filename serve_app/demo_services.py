@@ -530,6 +530,9 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    # Listen now: connections that arrive before the server loop starts wait in the backlog
+    # instead of being refused, so "listening on" is true the moment it is printed.
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 

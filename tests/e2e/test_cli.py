@@ -135,3 +135,17 @@ def test_pack_that_is_not_yaml_names_the_line(tmp_path: Path) -> None:
     result = cli("validate", str(path))
     assert result.returncode == 1
     assert f"{path}:" in result.stderr and "not valid YAML" in result.stderr
+
+
+def test_status_does_not_create_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "none.db"
+    result = cli("status", "00000000-0000-0000-0000-000000000000", env={"DATABASE_URL": f"sqlite+aiosqlite:///{path}"})
+    assert result.returncode == 1 and "there is no database at" in result.stderr
+    assert not path.exists()
+
+
+def test_busy_port_is_a_clear_error(demo_services: Any) -> None:
+    result = cli("demo-services", "--port", str(demo_services.port), timeout=60)
+    assert result.returncode == 1
+    assert f"--port={demo_services.port}" in result.stderr and "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -38,10 +38,12 @@ def _wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") ->
 def _start_slow_run(client: Any, demo: Any) -> str:
     from serve_app.demo_services import Fault
 
-    # The compliance check takes 2 s, so the kill lands while it is in flight.
-    demo.set_faults([Fault(path="/compliance/v1/check", delay_ms=2000)])
+    # The compliance check hangs, so the kill lands while it is in flight; calls made after
+    # the faults are cleared (by the resumed run) are answered.
+    demo.set_faults([Fault(path="/compliance/v1/check", hang=True)])
     execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs())
     _wait_for(lambda: _only_compliance_in_flight(client, demo, execution_id), what="the compliance call")
+    demo.set_faults([])
     return execution_id
 
 
@@ -101,10 +103,11 @@ def test_killed_dedicated_host_resumes_its_run(engine_sqlite_url: str, demo_serv
     from serve_app.demo_services import Fault
 
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
-    demo_services.set_faults([Fault(path="/compliance/v1/check", delay_ms=2000)])
+    demo_services.set_faults([Fault(path="/compliance/v1/check", hang=True)])
     try:
         execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs(), options={"isolation": "dedicated"})
         _wait_for(lambda: _only_compliance_in_flight(client, demo_services, execution_id), what="the compliance call")
+        demo_services.set_faults([])
         host = ray.get_actor(dedicated_host_name(execution_id), namespace=client._namespace)
         os.kill(ray.get(host.info.remote())["pid"], signal.SIGKILL)
         record = client.wait(execution_id, timeout_s=120)

@@ -169,3 +169,18 @@ def test_shorthand_input_schema_leaves_keys_optional() -> None:
     with pytest.raises(Exception) as caught:
         validate_inputs(pack, {"items": "no"})
     assert "/items" in str(caught.value)
+
+
+def test_input_defaults_are_filled_in_at_every_level() -> None:
+    pack = validate_document(
+        {"id": "p", "name": "p", "version": "1",
+         "inputs": {"type": "object", "properties": {
+             "country": {"type": "string", "default": "DE"},
+             "applicant": {"type": "object", "properties": {"tier": {"type": "string", "default": "basic"}}}}},
+         "steps": [{"id": "a", "type": "service_call", "service": "s"}]}
+    ).pack
+    given = {"applicant": {"name": "x"}}
+    filled = validate_inputs(pack, given)
+    assert filled == {"country": "DE", "applicant": {"name": "x", "tier": "basic"}}
+    assert given == {"applicant": {"name": "x"}}  # the caller's object is not changed
+    assert validate_inputs(pack, {"country": "FR"})["country"] == "FR"
