@@ -131,6 +131,25 @@ class MemoryStore:
             packs = sorted(self._packs.values(), key=lambda p: (p.pack_id, p.created_at, p.version))
         return [_copy_pack(p) for p in packs]
 
+    async def list_pack_versions(self, pack_id: str) -> list[PackRecord]:
+        """Every version of one pack. See :meth:`persistence.store.Store.list_pack_versions`."""
+        self._check_open()
+        with self._lock:
+            packs = sorted(
+                (p for p in self._packs.values() if p.pack_id == pack_id), key=lambda p: (p.created_at, p.version)
+            )
+        return [_copy_pack(p) for p in packs]
+
+    async def deprecate_pack(self, pack_id: str, version: str, *, deprecated: bool = True) -> PackRecord | None:
+        """Set a version's ``deprecated`` flag. See :meth:`persistence.store.Store.deprecate_pack`."""
+        self._check_open()
+        with self._lock:
+            pack = self._packs.get((pack_id, version))
+            if pack is None:
+                return None
+            pack = self._packs[(pack_id, version)] = dataclasses.replace(pack, deprecated=bool(deprecated))
+        return _copy_pack(pack)
+
     # ------------------------------------------------------------------ executions
 
     async def create_execution(

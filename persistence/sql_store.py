@@ -228,6 +228,22 @@ class SqlStore:
             ).mappings()
             return [pack_from_row(r) for r in rows]
 
+    async def list_pack_versions(self, pack_id: str) -> list[PackRecord]:
+        """Every version of one pack. See :meth:`persistence.store.Store.list_pack_versions`."""
+        self._check_open()
+        stmt = select(PACKS).where(PACKS.c.pack_id == pack_id).order_by(PACKS.c.created_at, PACKS.c.version)
+        async with self._engine.connect() as conn:
+            return [pack_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def deprecate_pack(self, pack_id: str, version: str, *, deprecated: bool = True) -> PackRecord | None:
+        """Set a version's ``deprecated`` flag. See :meth:`persistence.store.Store.deprecate_pack`."""
+        self._check_open()
+        key = (PACKS.c.pack_id == pack_id) & (PACKS.c.version == version)
+        async with self._writer.begin() as conn:
+            await conn.execute(update(PACKS).where(key).values(deprecated=bool(deprecated)))
+            row = (await conn.execute(select(PACKS).where(key))).mappings().first()
+        return None if row is None else pack_from_row(row)
+
     # ------------------------------------------------------------------ executions
 
     async def create_execution(

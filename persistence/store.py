@@ -85,6 +85,20 @@ class Store(Protocol):
         """Every stored pack version, ordered by pack id, then creation time."""
         ...
 
+    async def list_pack_versions(self, pack_id: str) -> list[PackRecord]:
+        """Every stored version of one pack, ordered by creation time, then version; ``[]`` if none."""
+        ...
+
+    async def deprecate_pack(self, pack_id: str, version: str, *, deprecated: bool = True) -> PackRecord | None:
+        """Mark a pack version deprecated (or, with ``deprecated=False``, not deprecated).
+
+        Only the flag changes: the document stays immutable. Idempotent.
+
+        Returns:
+            The updated record, or ``None`` if the version does not exist.
+        """
+        ...
+
     async def create_execution(
         self,
         *,

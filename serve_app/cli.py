@@ -9,6 +9,10 @@ Commands::
     cortx-workflow graph PACK
     cortx-workflow recover
     cortx-workflow demo-services [--port PORT] [--latency-ms MS] [--fail PATH=N[:STATUS]]
+    cortx-workflow serve [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS] [--services FILE]
+
+``serve`` runs the HTTP API (docs/api.md) on Ray Serve until Ctrl-C; API keys come from
+``CORTX_API_KEYS``, and without keys it binds only a loopback address.
 
 ``DATABASE_URL`` selects the database for all of them (a SQLite file in the working folder
 by default). The service registry is ``--services``, else ``CORTX_SERVICE_REGISTRY``, else a
@@ -77,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--fail", action="append", default=[], metavar="PATH=N[:STATUS]", help="fail the first N calls to PATH"
     )
+
+    serve = sub.add_parser("serve", help="serve the HTTP API on Ray Serve until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local Ray)")
+    serve.add_argument("--services", help="service registry YAML (default: CORTX_SERVICE_REGISTRY)")
+    serve.add_argument("--namespace", default="cortx", help="Ray namespace of the ExecutionHosts (default cortx)")
     return parser
 
 
@@ -92,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "graph": _graph,
             "recover": _recover,
             "demo-services": _demo,
+            "serve": _serve,
         }[args.command]
         return handler(args)
     except PackValidationError as exc:
@@ -271,6 +283,52 @@ def _demo(args: argparse.Namespace) -> int:
         serve(port=args.port, latency_ms=args.latency_ms, faults=faults)
     except OSError as exc:
         raise ConfigurationError("--port", args.port, f"cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc})") from None
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import socket
+
+    from actors.driver import WorkflowClient
+    from serve_app.auth import ApiSettings, is_loopback
+
+    api_settings = ApiSettings.from_env()
+    if not api_settings.keyring.enabled and not is_loopback(args.host):
+        raise ConfigurationError(
+            "--host", args.host,
+            "CORTX_API_KEYS is not set (development mode, no authentication): the API binds only a loopback "
+            "address such as 127.0.0.1; configure API keys to listen on other addresses",
+        )
+    if not 1 <= args.port <= 65535:
+        raise ConfigurationError("--port", args.port, "must be a TCP port from 1 to 65535")
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # A local Ray: Serve's proxy binds here, so a busy port is reported now, not as a hang.
+        try:
+            family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise ConfigurationError(
+                "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})"
+            ) from None
+    registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY")
+    client = WorkflowClient.from_env(registry_path=registry, ray_address=args.address, namespace=args.namespace)
+    if not client.settings.state_persistence_enabled:
+        raise ConfigurationError("STATE_PERSISTENCE_ENABLED", "false", "the HTTP API needs the shared database")
+    import ray
+
+    from serve_app.deployment import run_until_interrupted
+
+    client.connect()
+    try:
+        run_until_interrupted(
+            client.settings, client.registry, api_settings, host=args.host, port=args.port,
+            namespace=args.namespace, resume=client.resume_unfinished,
+            announce=lambda line: print(line, flush=True),
+        )
+    finally:
+        ray.shutdown()
     return EXIT_OK
 
 

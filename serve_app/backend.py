@@ -1,0 +1,295 @@
+"""What the HTTP handlers call: the store, the ExecutionHosts on Ray, and the run operations.
+
+One :class:`Backend` per app (per uvicorn process or Serve replica). It opens its own
+store on first use (``DATABASE_URL``; reads and pack writes) and talks to the same
+ExecutionHosts as :class:`actors.driver.WorkflowClient` (``actors.host.get_host`` in the
+configured Ray namespace), which write the executions and checkpoints.
+
+Idempotent execute (FDD §3.1, ``Idempotency-Key``): the execution id of a keyed request
+is ``uuid5(IDEMPOTENCY_NAMESPACE, "<principal>\\n<key>")`` (principal: ``anonymous`` or
+``key:<fingerprint>`` of the API key), so the ``executions`` primary key *is* the
+key → execution mapping: no extra table, no migration, atomic across replicas. A retry
+finds the row and is answered with it (``replayed``); a concurrent duplicate loses the
+insert race inside the host and is answered the same way. The same key with a different
+pack, version, inputs or options raises :class:`IdempotencyKeyReusedError` (422). Keys do
+not expire while the execution row exists.
+
+Every Ray call is bounded by ``engine_timeout_s``; Ray failures become
+:class:`EngineUnavailableError` (503), errors raised by a host (e.g. not found) are
+re-raised as themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import zlib
+from typing import Any
+
+from actors.registry import ServiceRegistry
+from actors.settings import Settings
+from dsl.errors import InputValidationError, PackValidationError, WorkflowError
+from dsl.models import WorkflowPack
+from dsl.state import ExecutionStatus, is_terminal
+from dsl.validation import validate_document, validate_inputs
+from persistence.records import ExecutionRecord
+from persistence.store import Store, open_store
+from serve_app.errors import EngineUnavailableError, ExecutionFinishedError, IdempotencyKeyReusedError
+from serve_app.packs import resolve_pack
+from serve_app.schemas import ExecuteRequest
+
+__all__ = ["IDEMPOTENCY_NAMESPACE", "Backend", "idempotent_execution_id"]
+
+log = logging.getLogger("cortx.api")
+
+#: uuid5 namespace of execution ids derived from Idempotency-Keys.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1d9c52-3a0b-5e8e-9c1f-2b7d4e8a9c10")
+#: How often a cancel is re-sent while a just-submitted run has not started its task yet.
+CANCEL_ATTEMPTS = 20
+
+
+def idempotent_execution_id(principal: str, key: str) -> str:
+    """The execution id a keyed execute request gets (stable per principal and key)."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{principal}\n{key}"))
+
+
+class Backend:
+    """Store + ExecutionHosts for one app.
+
+    Args:
+        settings: engine settings (database, hosts); persistence must be enabled.
+        registry: the service registry packs are validated against and runs use.
+        namespace: Ray namespace of the ExecutionHosts.
+        engine_timeout_s: longest wait for one Ray call, in s.
+    """
+
+    def __init__(self, settings: Settings, registry: ServiceRegistry, namespace: str, engine_timeout_s: float) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.namespace = namespace
+        self.engine_timeout_s = engine_timeout_s
+        self._store: Store | None = None
+        self._lock: asyncio.Lock | None = None
+        self._hosts: dict[str, Any] = {}
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def store(self) -> Store:
+        """The app's store, opened (and migrated) on first use.
+
+        Raises:
+            ConfigurationError: the database cannot be reached (answered 503).
+        """
+        if self._store is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._store is None:
+                    self._store = await open_store(self.settings.store_url, pool_size=min(self.settings.db_pool_size, 5))
+        return self._store
+
+    async def close(self) -> None:
+        """Close the store. Idempotent."""
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+
+    def _host_name(self, execution_id: str, isolation: str) -> str:
+        from actors.host import dedicated_host_name, shared_host_name
+
+        if isolation == "dedicated":
+            return dedicated_host_name(execution_id)
+        return shared_host_name(zlib.crc32(execution_id.encode()) % self.settings.execution_hosts)
+
+    async def host(self, execution_id: str, isolation: str, *, fresh: bool = False) -> Any:
+        """The Ray handle of the run's ExecutionHost (created if missing; shared ones cached)."""
+        import ray
+
+        if not ray.is_initialized():
+            raise EngineUnavailableError("Ray is not connected")
+        name = self._host_name(execution_id, isolation)
+        if not fresh and name in self._hosts:
+            return self._hosts[name]
+        from actors.host import get_host
+
+        handle = await asyncio.wait_for(
+            asyncio.to_thread(
+                get_host, self.settings, self.registry, execution_id=execution_id, isolation=isolation,
+                namespace=self.namespace,
+            ),
+            self.engine_timeout_s,
+        )
+        if isolation != "dedicated":
+            self._hosts[name] = handle
+        return handle
+
+    async def call(self, execution_id: str, isolation: str, method: str, *args: Any) -> Any:
+        """Call ``method`` of the run's host and await the answer (one retry on a dead handle).
+
+        Raises:
+            EngineUnavailableError: Ray or the host did not answer in time or is gone.
+            WorkflowError: what the host raised (e.g. ExecutionNotFoundError).
+            Exception: any other error the host raised (the caller decides).
+        """
+        import ray
+
+        for attempt in (1, 2):
+            handle = await self.host(execution_id, isolation, fresh=attempt == 2)
+            ref = getattr(handle, method).remote(*args)
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.engine_timeout_s)
+            except TimeoutError:
+                raise EngineUnavailableError(f"the ExecutionHost did not answer within {self.engine_timeout_s:g} s") from None
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise
+            except ray.exceptions.RayActorError:
+                self._hosts.pop(self._host_name(execution_id, isolation), None)
+                if attempt == 2:
+                    raise EngineUnavailableError("the ExecutionHost of this run is gone") from None
+            except ray.exceptions.RayError as exc:
+                raise EngineUnavailableError(f"Ray failed: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")
+
+    # --- runs -----------------------------------------------------------------------------
+
+    async def execute(self, request: ExecuteRequest, principal: str, key: str | None) -> tuple[dict[str, Any], bool]:
+        """Start a run (FDD §3.1); return its status record and whether it was a replay.
+
+        Raises:
+            PackNotFoundError, PackValidationError, InputValidationError,
+            IdempotencyKeyReusedError, EngineUnavailableError.
+        """
+        store = await self.store()
+        execution_id = idempotent_execution_id(principal, key) if key else str(uuid.uuid4())
+        if key:
+            replay = await self._replay(store, execution_id, request)
+            if replay is not None:
+                return replay, True
+        record = await resolve_pack(store, request.workflow_pack_id, request.version)
+        loaded = validate_document(
+            record.document, f"{record.pack_id}@{record.version}", services=self.registry.names()
+        )
+        inputs = validate_inputs(loaded.pack, request.inputs)
+        isolation = request.options.isolation or loaded.pack.isolation
+        submission = {
+            "pack": record.document,
+            "inputs": inputs,
+            "options": request.engine_options(),
+            "execution_id": execution_id,
+            "isolation": isolation,
+        }
+        try:
+            status = await self.call(execution_id, isolation, "submit", submission)
+        except ValueError as exc:
+            if "already exists" not in str(exc):
+                raise
+            # Keyed: a concurrent duplicate won the insert. Unkeyed: the id is this request's
+            # own uuid4, so an earlier attempt of this very call (a retried Ray call) stored it.
+            replay = await self._replay(store, execution_id, request)
+            if replay is None:
+                raise
+            return replay, bool(key)
+        log.info("execution %s started: pack %s %s", execution_id, record.pack_id, record.version)
+        return status, False
+
+    async def _replay(self, store: Store, execution_id: str, request: ExecuteRequest) -> dict[str, Any] | None:
+        """The existing run of a keyed request, None if there is none yet.
+
+        Raises:
+            IdempotencyKeyReusedError: the run was started by a different request.
+        """
+        try:
+            existing = await store.get_execution(execution_id)
+        except WorkflowError:
+            return None
+        if not _same_request(existing, request):
+            raise IdempotencyKeyReusedError(execution_id)
+        return existing.to_status_dict()
+
+    async def status(self, execution_id: str) -> dict[str, Any]:
+        """The FDD §3.2 status record. Raises ExecutionNotFoundError."""
+        return (await (await self.store()).get_execution(execution_id)).to_status_dict()
+
+    async def record_and_checkpoints(self, execution_id: str) -> tuple[ExecutionRecord, list[Any]]:
+        """The run's record and its step checkpoints. Raises ExecutionNotFoundError."""
+        store = await self.store()
+        record = await store.get_execution(execution_id)
+        return record, await store.load_checkpoints(record.execution_id)
+
+    async def cancel(self, execution_id: str) -> dict[str, Any]:
+        """Cancel a run (FDD §3.3); return its record once it has stopped.
+
+        A run already ``cancelled`` is answered with its unchanged record (a retried cancel
+        is safe); one that ended ``completed`` or ``failed`` raises ExecutionFinishedError.
+        A run hosted nowhere (the cluster restarted and it was not resumed) is hosted
+        again first, then cancelled.
+
+        Raises:
+            ExecutionNotFoundError, ExecutionFinishedError, EngineUnavailableError.
+        """
+        store = await self.store()
+        record = await store.get_execution(execution_id)
+        eid, isolation = record.execution_id, record.isolation
+        current = record.to_status_dict()
+        resumed = False
+        for _ in range(CANCEL_ATTEMPTS):
+            if is_terminal(current["status"]):
+                break
+            current = await self.call(eid, isolation, "cancel", eid)
+            if is_terminal(current["status"]):
+                break
+            if not resumed:
+                # Not hosted (or its task not started yet): make sure a host owns it.
+                resumed = True
+                await self.call(eid, isolation, "resume", eid)
+            await asyncio.sleep(0.1)
+        if current["status"] == ExecutionStatus.CANCELLED.value:
+            return current
+        if is_terminal(current["status"]):
+            raise ExecutionFinishedError(eid, current["status"])
+        raise EngineUnavailableError(f"execution {eid} did not stop; try again")
+
+    # --- health ---------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """``{"database": "ok"|reason, "ray": "ok"|reason}`` (no secrets in the reasons)."""
+        checks: dict[str, str] = {}
+        try:
+            store = await asyncio.wait_for(self.store(), 10)
+            await asyncio.wait_for(store.list_executions(limit=1), 5)
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            log.warning("readiness: database check failed: %s", exc)
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                checks["ray"] = "not connected"
+            else:
+                await asyncio.wait_for(asyncio.to_thread(ray.cluster_resources), 5)
+                checks["ray"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["ray"] = f"unreachable ({type(exc).__name__})"
+        return checks
+
+
+def _same_request(existing: ExecutionRecord, request: ExecuteRequest) -> bool:
+    """Whether ``request`` is the request that started ``existing`` (same key ⇒ same body)."""
+    if existing.workflow_pack_id != request.workflow_pack_id:
+        return False
+    if request.version is not None and request.version != existing.version:
+        return False
+    if request.options.isolation is not None and request.options.isolation != existing.isolation:
+        return False
+    if request.engine_options() != existing.options:
+        return False
+    try:
+        inputs = validate_inputs(WorkflowPack.model_validate(existing.pack_document), request.inputs)
+    except (InputValidationError, PackValidationError, ValueError):
+        return False
+    return inputs == existing.inputs
