@@ -134,7 +134,9 @@ class ExecutionActor:
             max_retries=options.get("max_retries"),
             max_loop_iterations=self._settings.max_loop_iterations,
             checkpoints=checkpoints,
-            context=record.context,
+            # Not record.context: replay rebuilds the context step by step, so a resumed run
+            # sees at each point the context the first incarnation saw there.
+            context=None,
         )
 
     async def _finish(self, outcome: RunOutcome) -> dict[str, Any]:
@@ -173,11 +175,17 @@ class ExecutionActor:
         )
         await self._emit("step.started", step_key=step_key, step_type=step.type, attempt=attempt)
 
-    async def step_ended(self, checkpoint: StepCheckpoint, *, completed_step: str | None) -> None:
-        """Write the attempt's checkpoint and the run's progress in one transaction."""
+    async def step_ended(
+        self, checkpoint: StepCheckpoint, *, completed_step: str | None, context: dict[str, Any] | None = None
+    ) -> None:
+        """Write the attempt's checkpoint and the run's progress (and context) in one transaction."""
         await self._with_db_retry(
             lambda: self._store.write_checkpoint(
-                checkpoint, owner_epoch=self._epoch, current_step=checkpoint.step_key, completed_step=completed_step
+                checkpoint,
+                owner_epoch=self._epoch,
+                current_step=checkpoint.step_key,
+                completed_step=completed_step,
+                context=context,
             )
         )
         await self._emit(

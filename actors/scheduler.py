@@ -18,7 +18,8 @@ Rules it applies (FDD §2, §7, §8):
   policy's ``retry_on``; a 4xx answer is not retried unless asked.
 * Resume is replay: a work step whose completed checkpoint exists returns its stored
   outputs without running; control steps are evaluated again, which is deterministic
-  because they read only inputs and checkpointed outputs. Failed attempts already recorded
+  because they read only inputs and checkpointed outputs. The execution context is rebuilt
+  the same way: each completed step's ``set_context`` is applied again, at the same point. Failed attempts already recorded
   count against the step's ``max_attempts``.
 
 Step keys identify one execution of one step: the step id, prefixed inside loops by the
@@ -109,8 +110,14 @@ class Journal(Protocol):
         """A step (attempt) is about to run."""
         ...
 
-    async def step_ended(self, checkpoint: StepCheckpoint, *, completed_step: str | None) -> None:
-        """A step attempt ended; ``completed_step`` is its key when the step completed."""
+    async def step_ended(
+        self, checkpoint: StepCheckpoint, *, completed_step: str | None, context: dict[str, Any] | None = None
+    ) -> None:
+        """A step attempt ended; ``completed_step`` is its key when the step completed.
+
+        ``context`` is the execution context after the step, when the step changed it
+        (written in the same transaction as the checkpoint).
+        """
         ...
 
     async def step_retrying(self, step_key: str, attempt: int, delay_ms: int, error: Mapping[str, Any]) -> None:
@@ -398,12 +405,13 @@ class Scheduler:
             else:  # pragma: no cover - the Step union is closed
                 raise StepFailure({"step": step.id, "kind": "internal", "message": f"unknown step type {step.type}"})
             outputs = self._map_outputs(step, frame, raw, {})
+            changed = self._apply_set_context(step, frame, outputs)
         except _StepError as exc:
             error = {"step": step.id, "step_key": key, "kind": exc.kind, "message": exc.message, "attempts": 1}
             await self._record(step, key, 1, StepStatus.FAILED, None, error, started)
             raise StepFailure(error) from None
         if key not in self._completed:
-            await self._record(step, key, 1, StepStatus.COMPLETED, outputs, None, started)
+            await self._record(step, key, 1, StepStatus.COMPLETED, outputs, None, started, context_changed=changed)
         return outputs
 
     async def _condition(self, step: ConditionStep, frame: _Frame) -> dict[str, Any]:
@@ -515,6 +523,8 @@ class Scheduler:
     async def _service_call(self, step: ServiceCallStep, frame: _Frame, key: str) -> Any:
         done = self._completed.get(key)
         if done is not None:
+            # Replay: the stored outputs, and the context changes they made, as the first time.
+            self._apply_set_context(step, frame, done.outputs)
             return done.outputs
         scope = self._scope(frame)
         attempt = self._failed_attempts.get(key, 0) + 1
@@ -560,11 +570,14 @@ class Scheduler:
                 response = {"status": result.get("status"), "body": result.get("body")}
                 try:
                     outputs = self._map_outputs(step, frame, result.get("body"), {"response": response})
+                    changed = self._apply_set_context(step, frame, outputs)
                 except _StepError as exc:
                     error = {"step": step.id, "step_key": key, "kind": exc.kind, "message": exc.message, "attempts": attempt}
                     await self._record(step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key)
                     raise StepFailure(error) from None
-                await self._record(step, key, attempt, StepStatus.COMPLETED, outputs, None, started, idempotency_key)
+                await self._record(
+                    step, key, attempt, StepStatus.COMPLETED, outputs, None, started, idempotency_key, context_changed=changed
+                )
                 return outputs
             error = dict(result.get("error") or {"kind": "internal", "message": "no result"})
             will_retry = attempt < policy.max_attempts and _retryable(error, policy)
@@ -620,6 +633,8 @@ class Scheduler:
         error: dict[str, Any] | None,
         started: datetime,
         idempotency_key: str | None = None,
+        *,
+        context_changed: bool = False,
     ) -> None:
         checkpoint = StepCheckpoint(
             execution_id=self.execution_id,
@@ -635,7 +650,8 @@ class Scheduler:
             ended_at=_now(),
         )
         completed = key if status is StepStatus.COMPLETED else None
-        await self._journal.step_ended(checkpoint, completed_step=completed)
+        context = dict(self.context) if context_changed else None
+        await self._journal.step_ended(checkpoint, completed_step=completed, context=context)
         if completed:
             self._completed[key] = checkpoint
 
@@ -663,6 +679,17 @@ class Scheduler:
             return self._expression(text).evaluate(self._scope(frame))
         except ExpressionError as exc:
             raise _StepError("expression", f"{what}: {exc}") from None
+
+    def _apply_set_context(self, step: Step, frame: _Frame, outputs: Any) -> bool:
+        """Evaluate ``set_context`` (with ``outputs`` in scope) into the context; True if it set any."""
+        if not step.set_context:
+            return False
+        try:
+            values = self._template(step, "set_context").render(self._scope(frame, {"outputs": outputs}))
+        except ExpressionError as exc:
+            raise _StepError("expression", f"set_context of step {step.id!r}: {exc}") from None
+        self.context.update(values)
+        return True
 
     def _map_outputs(self, step: Step, frame: _Frame, raw: Any, extra: Mapping[str, Any]) -> Any:
         if not step.outputs:

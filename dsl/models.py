@@ -142,6 +142,11 @@ class _StepBase(_Model):
     )
     on_error: ErrorHandler | None = None
     timeout_seconds: float | None = Field(None, gt=0, le=86_400, description="Limit on the step, in s.")
+    set_context: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")], Any] = Field(
+        default_factory=dict,
+        description="Execution context variables this step sets when it completes (FDD §2.2), as ${ } "
+        "templates that may read the step's `outputs`; later steps read them as `context.<name>`.",
+    )
     compensates: StepId | None = Field(
         None, description="In a compensate list: the step this one undoes; it runs only if that step completed."
     )

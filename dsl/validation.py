@@ -459,6 +459,7 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
         # A step's own outputs mapping also sees its nested steps (and itself, for errors).
         inner = before | {step.id} | _exported(step)
         check_template(pointer + "/outputs", step.outputs, inner, where)
+        check_template(pointer + "/set_context", step.set_context, inner, where)
     top_level: set[str] = set()
     for step in pack.steps:
         top_level |= {step.id} | _exported(step)

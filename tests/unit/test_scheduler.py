@@ -394,3 +394,22 @@ def test_loops_without_a_bound_use_the_configured_default(demo: Any) -> None:
     record, _ = asyncio.run(h.run(doc, {"xs": [1, 2, 3]}))
     assert record["status"] == "failed" and "more than max_iterations 2" in record["error"]
     assert demo.calls()["total"] == 0
+
+
+def test_set_context_shares_variables_with_later_steps_and_is_stored(demo: Any) -> None:
+    h = Harness(demo)
+    doc = pack(
+        call("lookup", "/v1/lookup", inputs={"tier": "gold"}, set_context={"tier": "${ outputs.body.tier }"}),
+        call("use", "/v1/use", dependencies=["lookup"], inputs={"tier": "${ context.tier }"},
+             set_context={"used": "${ context.tier + '!' }"}),
+        outputs={"tier": "${ steps.use.outputs.body.tier }", "used": "${ context.used }"},
+    )
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        record, _ = await h.run(doc)
+        stored = await h.store.get_execution(record["execution_id"])
+        return record, stored.context
+
+    record, context = asyncio.run(scenario())
+    assert record["outputs"] == {"tier": "gold", "used": "gold!"}
+    assert context == {"tier": "gold", "used": "gold!"}
