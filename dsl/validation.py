@@ -13,6 +13,10 @@ later stages need their results:
 6. services: every ``service_call`` names a service of the registry (when one is given);
 7. input schema: the pack's ``inputs`` is a valid JSON Schema.
 
+Then warnings, which do not stop a pack: steps that can never run (the branch of a
+condition or switch case whose expression is a constant that never selects it, the body of
+a loop over a constant empty list).
+
 Every issue carries a JSON pointer, the YAML line and column, a stable code and a sentence.
 """
 
@@ -119,7 +123,7 @@ def validate_document(
     issues = located(_service_issues(pack, services) + _input_schema_issues(pack))
     if issues:
         raise PackValidationError(issues, source)
-    return LoadedPack(pack, (), data)
+    return LoadedPack(pack, tuple(located(_never_run_warnings(pack))), data)
 
 
 def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
@@ -545,6 +549,53 @@ def _visible_steps(pack: WorkflowPack) -> dict[str, set[str]]:
             everything |= {step.id} | _exported(step)
         walk(pack.on_error.compensate, everything | every_id)
     return result
+
+
+# --- warnings ---------------------------------------------------------------------------------
+
+
+def _constant(text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``text`` reads no name and evaluates without error."""
+    try:
+        expr = parse_expression(text)
+        if expr.root_names():
+            return False, None
+        return True, expr.evaluate({})
+    except ExpressionError:
+        return False, None
+
+
+def _never_run_warnings(pack: WorkflowPack) -> list[ValidationIssue]:
+    warnings: list[ValidationIssue] = []
+
+    def warn(pointer: str, steps: list[Step], why: str) -> None:
+        for index, step in enumerate(steps):
+            warnings.append(
+                ValidationIssue("never_runs", f"{pointer}/{index}", f"step {step.id!r} can never run: {why}", severity="warning")
+            )
+
+    for pointer, step, _ in all_steps(pack):
+        if isinstance(step, ConditionStep):
+            known, value = _constant(step.condition)
+            if known and value is True:
+                warn(pointer + "/else", step.else_, f"the condition `{step.condition}` is always true")
+            elif known and value is False:
+                warn(pointer + "/then", step.then, f"the condition `{step.condition}` is always false")
+        elif isinstance(step, SwitchStep):
+            for index, case in enumerate(step.cases):
+                known, value = _constant(case.when)
+                if known and value is False:
+                    warn(f"{pointer}/cases/{index}/steps", case.steps, f"case {index} `{case.when}` is always false")
+                if known and value is True:
+                    for later in range(index + 1, len(step.cases)):
+                        warn(f"{pointer}/cases/{later}/steps", step.cases[later].steps, f"case {index} is always true")
+                    warn(pointer + "/default", step.default, f"case {index} is always true")
+                    break
+        elif isinstance(step, LoopStep) and step.collection is not None:
+            known, value = _constant(step.collection)
+            if known and value == []:
+                warn(pointer + "/steps", step.steps, "the loop's collection is always empty")
+    return warnings
 
 
 # --- stages 6 and 7 ---------------------------------------------------------------------------

@@ -159,10 +159,16 @@ def _validate(args: argparse.Namespace) -> int:
             print(json.dumps({"valid": False, "issues": [issue]}, indent=2))
             return EXIT_INPUT
         raise
-    count = sum(1 for _ in __import__("dsl.models", fromlist=["iter_steps"]).iter_steps(loaded.pack.steps))
+    from dsl.models import all_steps
+
+    count = sum(1 for _ in all_steps(loaded.pack))
+    warnings = [w.to_dict() for w in loaded.warnings]
     if args.json:
-        print(json.dumps({"valid": True, "id": loaded.pack.id, "version": loaded.pack.version, "steps": count, "issues": []}))
+        print(json.dumps({"valid": True, "id": loaded.pack.id, "version": loaded.pack.version, "steps": count,
+                          "issues": warnings}))
     else:
+        for warning in loaded.warnings:
+            print(warning.format(args.pack), file=sys.stderr)
         print(f"{args.pack}: valid ({loaded.pack.id} {loaded.pack.version}, {count} steps)")
     return EXIT_OK
 

@@ -184,3 +184,32 @@ def test_input_defaults_are_filled_in_at_every_level() -> None:
     assert filled == {"country": "DE", "applicant": {"name": "x", "tier": "basic"}}
     assert given == {"applicant": {"name": "x"}}  # the caller's object is not changed
     assert validate_inputs(pack, {"country": "FR"})["country"] == "FR"
+
+
+def test_steps_that_can_never_run_are_warnings_not_errors() -> None:
+    text = """
+id: w
+name: w
+version: "1"
+steps:
+  - id: gate
+    type: condition
+    condition: "1 > 2"
+    then: [{id: never, type: service_call, service: s}]
+    else: [{id: always, type: service_call, service: s}]
+  - id: route
+    type: switch
+    cases:
+      - {when: "true", steps: [{id: first, type: service_call, service: s}]}
+      - {when: "inputs.x", steps: [{id: shadowed, type: service_call, service: s}]}
+    default: [{id: fallback-route, type: service_call, service: s}]
+  - id: each
+    type: loop
+    collection: "[]"
+    steps: [{id: body, type: service_call, service: s}]
+"""
+    loaded = load_pack(text, "w.yaml")
+    warned = {w.message.split("'")[1]: w for w in loaded.warnings}
+    assert set(warned) == {"never", "shadowed", "fallback-route", "body"}
+    assert all(w.severity == "warning" and w.code == "never_runs" and w.line for w in warned.values())
+    assert warned["never"].pointer == "/steps/0/then/0"
