@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from actors.logs import execution_id_var
 from actors.registry import ServiceRegistry
 from actors.scheduler import RunOutcome, Scheduler, StepRunner
 from actors.settings import Settings
@@ -82,6 +83,7 @@ class ExecutionActor:
             asyncio.CancelledError: the host is shutting down (the run stays resumable).
         """
         self._task = asyncio.current_task()
+        execution_id_var.set(self.execution_id)  # every log line of this run carries its id
         record = await self._store.claim_execution(self.execution_id)
         if is_terminal(record.status):
             self._append("execution.already_finished", status=record.status)
@@ -223,6 +225,7 @@ class ExecutionActor:
     def _append(self, kind: str, **fields: Any) -> None:
         self._seq += 1
         event = {"seq": self._seq, "type": kind, "at": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+        log.info(kind, extra={k: v for k, v in event.items() if k not in {"type", "at"}})
         self._events.append(event)
         if len(self._events) > MAX_EVENTS_KEPT:
             del self._events[: len(self._events) - MAX_EVENTS_KEPT]

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from actors.execution import ExecutionActor
+from actors.logs import configure_json_logging
 from actors.registry import ServiceRegistry
 from actors.scheduler import ServiceRequest
 from actors.settings import Settings
@@ -101,7 +102,7 @@ class ExecutionHost:
     """
 
     def __init__(self, settings: Settings, registry: ServiceRegistry, name: str, dedicated: bool = False) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_json_logging()
         self._settings = settings
         self._registry = registry
         self._name = name

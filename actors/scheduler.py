@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from actors.logs import attempt_var, step_key_var
 from actors.registry import ServiceRegistry
 from dsl.errors import ConfigurationError, ExpressionError
 from dsl.expressions import Expression, parse_expression
@@ -551,6 +552,8 @@ class Scheduler:
                     "attempts": attempt - 1,
                 }
                 raise StepFailure(error)
+            step_key_var.set(key)
+            attempt_var.set(attempt)
             await self._journal.step_started(key, step, attempt)
             started = _now()
             request = ServiceRequest(
