@@ -32,7 +32,7 @@ from dsl.errors import ExecutionNotFoundError
 from dsl.loader import read_text
 from dsl.models import WorkflowPack
 from dsl.state import is_terminal
-from dsl.validation import LoadedPack, load_pack, validate_document, validate_inputs
+from dsl.validation import LoadedPack, load_pack, validate_document, validate_inputs, validate_options
 
 __all__ = ["PackSource", "WorkflowClient", "coerce_pack", "read_record"]
 
@@ -71,7 +71,8 @@ async def read_record(database_url: str, execution_id: str) -> dict[str, Any]:
     """
     from persistence.store import open_store
 
-    store = await open_store(database_url, pool_size=1)
+    # A read does not create or migrate a schema.
+    store = await open_store(database_url, pool_size=1, migrate=False)
     try:
         return (await store.get_execution(execution_id)).to_status_dict()
     finally:
@@ -167,7 +168,7 @@ class WorkflowClient:
 
         loaded = coerce_pack(pack, services=self.registry.names())
         run_inputs = validate_inputs(loaded.pack, dict(inputs or {}))
-        opts = dict(options or {})
+        opts = validate_options(dict(options or {}))
         isolation = str(opts.pop("isolation", None) or loaded.pack.isolation)
         execution_id = execution_id or str(uuid.uuid4())
         host = self._host(execution_id, isolation)

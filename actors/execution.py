@@ -29,7 +29,7 @@ from dsl.errors import FencedError, WorkflowError
 from dsl.models import Step, WorkflowPack
 from dsl.state import ExecutionStatus, is_terminal
 from persistence.records import ExecutionRecord, StepCheckpoint
-from persistence.store import Store
+from persistence.store import Store, is_transient_error
 
 __all__ = ["ExecutionActor", "MAX_EVENTS_KEPT"]
 
@@ -93,8 +93,8 @@ class ExecutionActor:
         self._epoch = record.owner_epoch
         checkpoints = await self._store.load_checkpoints(self.execution_id)
         await self._emit("execution.started" if not checkpoints else "execution.resumed", checkpoints=len(checkpoints))
-        scheduler = self._scheduler(record, checkpoints)
         try:
+            scheduler = self._scheduler(record, checkpoints)
             outcome = await scheduler.run()
         except asyncio.CancelledError:
             if not self._cancel_requested:
@@ -102,7 +102,7 @@ class ExecutionActor:
             outcome = RunOutcome(
                 ExecutionStatus.CANCELLED,
                 error="cancelled by request",
-                error_detail={"kind": "cancelled", "never_ran": self._never_ran(scheduler.pack)},
+                error_detail={"kind": "cancelled", "never_ran": self._never_ran(WorkflowPack.model_validate(record.pack_document))},
             )
         except FencedError:
             log.warning("execution %s: another owner took over; stopping", self.execution_id)
@@ -204,17 +204,35 @@ class ExecutionActor:
         await self._emit("step.retrying", step_key=step_key, attempt=attempt, delay_ms=delay_ms, error=error.get("message"))
 
     async def _with_db_retry(self, action: Any) -> Any:
-        """Run a database write; on a connection failure wait and try again (runs wait, not fail)."""
+        """Run a database write; on a lost connection wait and try again (runs wait, not fail).
+
+        Any other error (a value the database refuses) is raised: trying again would fail the
+        same way forever.
+        """
         delay = 0.1
         while True:
             try:
                 return await action()
             except (WorkflowError, asyncio.CancelledError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - driver errors are many; all mean "try again"
-                log.warning("execution %s: database write failed (%s); retrying in %.1f s", self.execution_id, exc, delay)
+            except Exception as exc:  # noqa: BLE001 - sorted below
+                if not is_transient_error(exc):
+                    raise
+                log.warning("database write failed (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def fail_after_crash(self, exc: BaseException) -> None:
+        """End the run ``failed`` after the engine itself broke (a bug), so no one waits forever."""
+        outcome = RunOutcome(
+            ExecutionStatus.FAILED,
+            error=f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+            error_detail={"kind": "internal", "message": f"{type(exc).__name__}: {str(exc)[:1000]}"},
+        )
+        try:
+            await self._finish(outcome)
+        except Exception:  # noqa: BLE001 - the database refuses too: leave it to recovery
+            log.exception("could not record the failure")
 
     # --- events ---------------------------------------------------------------------------
 

@@ -204,8 +204,9 @@ class ExecutionHost:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug in one run must not take the host down
+        except Exception as exc:  # noqa: BLE001 - a bug in one run must not take the host down
             log.exception("execution %s: the engine failed", actor.execution_id)
+            await actor.fail_after_crash(exc)
         finally:
             self._runs.pop(actor.execution_id, None)
             self._tasks.pop(actor.execution_id, None)
@@ -236,6 +237,8 @@ class ExecutionHost:
         if self._recovered is not None:
             await self._recovered
         actor = self._actor(execution_id)
+        if actor is not None and actor.final is None and execution_id not in self._runs:
+            actor = None  # its task ended without a final record: the database has the truth
         if actor is None:
             record = await self.status(execution_id)
             if is_terminal(record["status"]):

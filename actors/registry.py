@@ -268,6 +268,12 @@ class ServiceRegistry:
         if not isinstance(path, str):
             raise ConfigurationError("endpoint", path, "must be a string path")
         verb = spec.method if method is None else _check_method("method", method, f"registry {self.source}")
+        segments = path.split("?", 1)[0].split("#", 1)[0].replace("\\", "/").split("/")
+        if any(segment in {"..", "."} or segment.lower() in {"%2e%2e", "%2e", ".%2e", "%2e."} for segment in segments):
+            # An endpoint (possibly built from run inputs) must stay below the service's base URL.
+            raise ConfigurationError("endpoint", path, f"may not contain '.' or '..' segments (service {service!r})")
+        if "://" in path or path.startswith("//"):
+            raise ConfigurationError("endpoint", path, f"must be a path below the base URL of service {service!r}")
         url = spec.base_url.rstrip("/") + "/" + path.lstrip("/")
         return ResolvedCall(service, url, verb, spec.timeout_seconds, dict(spec.headers))
 

@@ -30,6 +30,7 @@ outbound call is ``<execution_id>/<step_key>``: the same on every attempt and re
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +54,7 @@ from dsl.models import (
 )
 from dsl.state import ExecutionStatus, StepStatus
 from dsl.templates import Template, compile_template
+from dsl.validation import unstorable_reason
 from persistence.records import StepCheckpoint
 
 __all__ = ["Journal", "RunOutcome", "Scheduler", "ServiceRequest", "StepFailure", "StepRunner"]
@@ -691,16 +693,20 @@ class Scheduler:
             values = self._template(step, "set_context").render(self._scope(frame, {"outputs": outputs}))
         except ExpressionError as exc:
             raise _StepError("expression", f"set_context of step {step.id!r}: {exc}") from None
+        _check_storable(f"set_context of step {step.id!r}", values)
         self.context.update(values)
         return True
 
     def _map_outputs(self, step: Step, frame: _Frame, raw: Any, extra: Mapping[str, Any]) -> Any:
         if not step.outputs:
-            return raw
-        try:
-            return self._template(step, "outputs").render(self._scope(frame, {"result": raw, **extra}))
-        except ExpressionError as exc:
-            raise _StepError("expression", f"outputs of step {step.id!r}: {exc}") from None
+            outputs = raw
+        else:
+            try:
+                outputs = self._template(step, "outputs").render(self._scope(frame, {"result": raw, **extra}))
+            except ExpressionError as exc:
+                raise _StepError("expression", f"outputs of step {step.id!r}: {exc}") from None
+        _check_storable(f"outputs of step {step.id!r}", outputs)
+        return outputs
 
 
 class _StepError(Exception):
@@ -709,6 +715,26 @@ class _StepError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(kind, message)
         self.kind, self.message = kind, message
+
+
+#: Largest outputs one step may produce, in bytes of JSON (Step Functions allows 256 KiB,
+#: Temporal 2 MB): a checkpoint is written on every step, so large data should travel by
+#: reference (a URL or an id) instead.
+MAX_OUTPUT_BYTES = 2 * 1024 * 1024
+
+
+def _check_storable(what: str, value: Any) -> None:
+    """Fail the step (not the database write) when ``value`` cannot be checkpointed."""
+    reason = unstorable_reason(value)
+    if reason:
+        raise _StepError("invalid_output", f"{what} cannot be stored: {reason}")
+    size = len(json.dumps(value, separators=(",", ":")))
+    if size > MAX_OUTPUT_BYTES:
+        raise _StepError(
+            "output_too_large",
+            f"{what} are {size} bytes of JSON, more than the limit of {MAX_OUTPUT_BYTES} bytes; "
+            "keep large data outside the run and pass a reference",
+        )
 
 
 def _retryable(error: Mapping[str, Any], policy: RetryPolicy) -> bool:

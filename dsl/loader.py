@@ -84,7 +84,12 @@ def read_text(path: str | Path) -> str:
     if size > MAX_PACK_BYTES:
         raise PackLoadError(label, f"file is {size} bytes; the limit is {MAX_PACK_BYTES} bytes")
     try:
-        return target.read_bytes().decode("utf-8")
+        # Read at most one byte past the limit: devices and pipes report no size.
+        with target.open("rb") as handle:
+            raw = handle.read(MAX_PACK_BYTES + 1)
+        if len(raw) > MAX_PACK_BYTES:
+            raise PackLoadError(label, f"file is larger than the limit of {MAX_PACK_BYTES} bytes")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PackLoadError(label, f"not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
@@ -127,10 +132,15 @@ def parse_document(text: str, source: str = "<pack>", *, fmt: str | None = None)
         raise PackLoadError(source, reason, line, column) from None
     except yaml.YAMLError as exc:
         raise PackLoadError(source, f"not valid {fmt.upper()}: {exc}") from None
+    except RecursionError:
+        raise PackLoadError(source, f"not valid {fmt.upper()}: nested too deeply") from None
     if node is None:
         raise PackLoadError(source, "the document is empty")
-    builder = _Builder()
-    data = builder.build(node, "")
+    builder = _Builder(source)
+    try:
+        data = builder.build(node, "")
+    except RecursionError:
+        raise PackLoadError(source, "nested too deeply") from None
     return ParsedDocument(data=data, source_map=builder.source_map, issues=builder.issues)
 
 
@@ -152,17 +162,29 @@ class _Builder:
     """Turns a composed YAML node tree into JSON-shaped data, recording marks and shape issues."""
 
     MAX_DEPTH = 200
+    #: Values built at most; YAML aliases can make a small text expand without bound.
+    MAX_VALUES = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "<pack>") -> None:
         self.source_map = SourceMap()
         self.issues: list[ValidationIssue] = []
         self._scalar_loader = _Loader("")
+        self._source = source
+        self._values = 0
 
     def _issue(self, code: str, pointer: str, message: str, node: yaml.Node) -> None:
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
         self.issues.append(ValidationIssue(code, pointer, message, line, column))
 
     def build(self, node: yaml.Node, pointer: str, depth: int = 0) -> Any:
+        self._values += 1
+        if self._values > self.MAX_VALUES:
+            raise PackLoadError(
+                self._source,
+                f"the document expands to more than {self.MAX_VALUES} values (YAML aliases repeating content?)",
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
         self.source_map.marks.setdefault(pointer, (node.start_mark.line + 1, node.start_mark.column + 1))
         if node.tag not in _PLAIN_TAGS:
             # Safe loading already refuses Python tags; any other explicit tag is refused
@@ -179,8 +201,9 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             try:
                 value = self._scalar_loader.construct_object(node, deep=True)
-            except yaml.YAMLError as exc:
-                self._issue("bad_scalar", pointer, f"cannot read value: {exc}", node)
+            except (yaml.YAMLError, ValueError, TypeError) as exc:
+                detail = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                self._issue("bad_scalar", pointer, f"cannot read value {node.value[:40]!r}: {detail}", node)
                 return None
             if isinstance(value, float) and not math.isfinite(value):
                 self._issue("bad_number", pointer, f"{node.value!r} is not a finite number", node)
@@ -195,12 +218,19 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, pointer: str, depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
         seen: dict[str, int] = {}
-        self._scalar_loader.flatten_mapping(node)
+        try:
+            self._scalar_loader.flatten_mapping(node)
+        except yaml.YAMLError as exc:
+            self._issue("bad_merge", pointer, f"cannot merge keys: {getattr(exc, 'problem', None) or exc}", node)
+            return result
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
                 self._issue("bad_key", pointer, "mapping keys must be plain strings", key_node)
                 continue
-            key = self._scalar_loader.construct_object(key_node)
+            try:
+                key = self._scalar_loader.construct_object(key_node)
+            except (yaml.YAMLError, ValueError, TypeError):
+                key = key_node.value
             if not isinstance(key, str):
                 # YAML reads `200:` or `yes:` as a number or boolean; JSON keys are strings.
                 key = key_node.value

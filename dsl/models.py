@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 __all__ = [
     "ConditionStep",
     "ErrorHandler",
+    "ExecutionOptions",
     "PackErrorHandler",
     "LoopStep",
     "ParallelStep",
@@ -220,6 +221,12 @@ class LoopStep(_StepBase):
 
     @model_validator(mode="after")
     def _one_form(self) -> LoopStep:
+        reserved = {"inputs", "steps", "context", "error", "result", "response", "outputs"}
+        for name in (self.item_var, self.index_var):
+            if name in reserved:
+                raise ValueError(f"{name!r} is a name the expressions already use; choose another loop variable name")
+        if self.item_var == self.index_var:
+            raise ValueError(f"item_var and index_var are both {self.item_var!r}; they need different names")
         if (self.collection is None) == (self.condition is None):
             raise ValueError("a loop needs exactly one of 'collection' (for-each) and 'condition' (while)")
         if self.condition is not None and self.max_concurrency not in (None, 1):
@@ -312,6 +319,18 @@ class WorkflowPack(_Model):
         if schema_keys & set(self.inputs):
             return dict(self.inputs)
         return {"type": "object", "properties": dict(self.inputs)}
+
+
+class ExecutionOptions(_Model):
+    """The ``options`` of an execute request (FDD §3.1)."""
+
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=30 * 86_400, allow_inf_nan=False, description="Run timeout in s; WORKFLOW_TIMEOUT_SECONDS if unset."
+    )
+    max_retries: int | None = Field(
+        None, ge=0, le=9_999, description="Retries for steps without their own policy; DEFAULT_RETRY_COUNT if unset."
+    )
+    isolation: Literal["shared", "dedicated"] | None = Field(None, description="`dedicated`: a host of its own.")
 
 
 def all_steps(pack: WorkflowPack) -> Iterator[tuple[str, Step, tuple[str, ...]]]:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 from pydantic import ValidationError
 
 from dsl.errors import ExpressionError, InputValidationError, PackValidationError, ValidationIssue
@@ -46,7 +48,7 @@ from dsl.models import (
 )
 from dsl.templates import compile_template
 
-__all__ = ["LoadedPack", "load_pack", "validate_document", "validate_inputs"]
+__all__ = ["LoadedPack", "load_pack", "unstorable_reason", "validate_document", "validate_inputs", "validate_options"]
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,88 @@ def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise InputValidationError([ValidationIssue("inputs_not_object", "", "inputs must be a JSON object")])
     schema = pack.input_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    # An empty registry: a $ref is resolved inside the schema only, never fetched.
+    validator = jsonschema.Draft202012Validator(schema, registry=referencing.Registry())
+    try:
+        errors = sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.absolute_path)))
+    except (referencing.exceptions.Unresolvable, jsonschema.exceptions.SchemaError, RecursionError) as exc:
+        raise InputValidationError(
+            [ValidationIssue("input_schema_unusable", "", f"the pack's input schema cannot be applied: {type(exc).__name__}")]
+        ) from None
     issues = [
         ValidationIssue("input_schema", "".join(f"/{escape_pointer(p)}" for p in err.absolute_path), err.message)
-        for err in sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.absolute_path)))
+        for err in errors
     ]
     if issues:
         raise InputValidationError(issues)
+    reason = unstorable_reason(inputs)
+    if reason:
+        pointer, _, message = reason.partition(": ")
+        raise InputValidationError([ValidationIssue("input_unstorable", pointer.rstrip("/") if pointer != "/" else "", message)])
     return _with_defaults(schema, inputs)
+
+
+def unstorable_reason(value: Any, pointer: str = "") -> str | None:
+    """Why ``value`` cannot be stored as JSON in both databases, or None if it can.
+
+    Refused: NaN and infinite numbers, strings with a NUL character or an unpaired
+    surrogate (PostgreSQL's JSONB refuses both), keys that are not strings, values that are
+    not JSON at all. The answer names the place as a JSON pointer.
+    """
+    stack: list[tuple[str, Any]] = [(pointer, value)]
+    while stack:
+        where, item = stack.pop()
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return f"{where or '/'}: {item} is not a JSON number"
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return f"{where or '/'}: text with a NUL character cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{where or '/'}: text with an unpaired surrogate cannot be stored"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    return f"{where or '/'}: key {key!r} is not a string"
+                reason = unstorable_reason(key, f"{where}/{escape_pointer(key)}")
+                if reason:
+                    return reason
+                stack.append((f"{where}/{escape_pointer(key)}", sub))
+        elif isinstance(item, list):
+            stack.extend((f"{where}/{index}", sub) for index, sub in enumerate(item))
+        else:
+            return f"{where or '/'}: a {type(item).__name__} is not a JSON value"
+    return None
+
+
+def validate_options(options: Any) -> dict[str, Any]:
+    """Check the ``options`` of an execute request (FDD §3.1); return them as a plain dict.
+
+    Raises:
+        InputValidationError: with every problem and its pointer (``/options/max_retries``).
+    """
+    from pydantic import ValidationError as PydanticError
+
+    from dsl.models import ExecutionOptions
+
+    if options is None:
+        return {}
+    try:
+        return ExecutionOptions.model_validate(options).model_dump(exclude_none=True)
+    except PydanticError as exc:
+        issues = [
+            ValidationIssue(
+                "invalid_option",
+                "/options" + "".join(f"/{escape_pointer(p)}" for p in err["loc"]),
+                err["msg"].removeprefix("Value error, "),
+            )
+            for err in exc.errors(include_url=False)
+        ]
+        raise InputValidationError(issues) from None
 
 
 def _with_defaults(schema: Any, value: Any) -> Any:
@@ -191,6 +267,13 @@ def _schema_issues(exc: ValidationError, data: Any) -> list[ValidationIssue]:
         elif kind == "missing":
             name = pointer.rsplit("/", 1)[-1]
             issue = ValidationIssue("missing_field", pointer, f"missing required field {name!r}")
+        elif kind == "string_pattern_mismatch" and pointer == "/id":
+            issue = ValidationIssue(
+                "bad_id",
+                pointer,
+                f"pack id {node!r} must start with a letter or digit and hold only letters, digits, '.', '-' "
+                "and '_' (at most 200)",
+            )
         elif kind == "string_pattern_mismatch" and pointer.endswith("/id"):
             issue = ValidationIssue(
                 "bad_id",
@@ -213,13 +296,17 @@ def _pointer_for(loc: tuple[Any, ...], data: Any) -> tuple[str, Any]:
     key of the document, so it is dropped here.
     """
     pointer, node = "", data
+    after_index = False
     for part in loc:
+        was_index, after_index = after_index, isinstance(part, int)
         if isinstance(node, dict):
+            if was_index and node.get("type") == part:
+                # The union's tag right after a list index (`steps/0/condition/...`), even when
+                # the step also has a field of that name (a condition's `condition`).
+                continue
             if part in node:
                 node = node[part]
                 pointer += f"/{escape_pointer(part)}"
-            elif node.get("type") == part:
-                continue
             else:
                 pointer += f"/{escape_pointer(part)}"
                 node = None
@@ -619,9 +706,48 @@ def _service_issues(pack: WorkflowPack, services: Collection[str] | None) -> lis
 
 
 def _input_schema_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+    schema = pack.input_schema()
     try:
-        jsonschema.Draft202012Validator.check_schema(pack.input_schema())
+        jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"/{escape_pointer(p)}" for p in exc.path)
         return [ValidationIssue("bad_input_schema", "/inputs" + where, f"inputs is not a valid JSON Schema: {exc.message}")]
-    return []
+    issues = []
+    # Pointers are into the schema as the engine reads it (shorthand inputs sit under /properties).
+    base = "/inputs"
+    for where, ref in _refs(schema, ""):
+        if not ref.startswith("#"):
+            issues.append(ValidationIssue("remote_ref", base + where, f"$ref {ref!r} points outside the pack; only local refs (#/...) are allowed"))
+        elif _resolve_pointer(schema, ref[1:]) is _MISSING:
+            issues.append(ValidationIssue("unresolved_ref", base + where, f"$ref {ref!r} points at nothing in the schema"))
+    return issues
+
+
+_MISSING = object()
+
+
+def _refs(value: Any, pointer: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "$ref" and isinstance(item, str):
+                yield f"{pointer}/$ref", item
+            else:
+                yield from _refs(item, f"{pointer}/{escape_pointer(key)}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _refs(item, f"{pointer}/{index}")
+
+
+def _resolve_pointer(document: Any, pointer: str) -> Any:
+    if pointer in ("", "/"):
+        return document
+    node = document
+    for raw in pointer.lstrip("/").split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return _MISSING
+    return node

@@ -34,7 +34,7 @@ from persistence.records import (
     isoformat_z,
     utc_now,
 )
-from persistence.store import MEMORY_URL, MemoryStore, SqlStore, Store, open_store
+from persistence.store import MEMORY_URL, MemoryStore, SqlStore, Store, is_transient_error, open_store
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -56,6 +56,7 @@ __all__ = [
     "StepCheckpoint",
     "Store",
     "content_hash",
+    "is_transient_error",
     "isoformat_z",
     "open_store",
     "utc_now",

@@ -21,12 +21,14 @@ import dataclasses
 import json
 import threading
 from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from dsl.errors import ExecutionNotFoundError, FencedError, PackConflictError
 from persistence.records import (
     ACTIVE_STATUSES,
     FINISH_STATUSES,
+    MAX_PACK_ID,
     MAX_STEP_KEY,
     STATUS_QUEUED,
     STATUS_RUNNING,
@@ -344,5 +346,48 @@ class MemoryStore:
         wanted = status_filter(statuses)
         with self._lock:
             records = [r for r in self._executions.values() if wanted is None or r.status in wanted]
+        records.sort(key=lambda r: (r.created_at, r.execution_id), reverse=True)
+        return [_copy_execution(r) for r in records[:limit]]
+
+    async def list_executions_page(
+        self,
+        *,
+        workflow_pack_id: str | None = None,
+        statuses: Collection[str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ExecutionRecord]:
+        """One keyset page of executions, newest first. See :meth:`persistence.store.Store.list_executions_page`."""
+        self._check_open()
+        check_limit(limit)
+        for name, bound in (("created_after", created_after), ("created_before", created_before)):
+            if bound is not None and not isinstance(bound, datetime):
+                raise ValueError(f"{name} must be a datetime or None, got {type(bound).__name__}")
+        if after is not None and not (
+            isinstance(after, tuple) and len(after) == 2 and isinstance(after[0], datetime) and isinstance(after[1], str)
+        ):
+            raise ValueError(f"after must be a (datetime, str) pair or None, got {after!r}")
+        if workflow_pack_id is not None and not isinstance(workflow_pack_id, str):
+            raise ValueError(f"workflow_pack_id must be a str or None, got {type(workflow_pack_id).__name__}")
+        if workflow_pack_id is not None and len(workflow_pack_id) > MAX_PACK_ID:
+            return []  # no pack can have it (SqlStore answers the same)
+        wanted = status_filter(statuses)
+        low = None if created_after is None else as_utc(created_after)
+        high = None if created_before is None else as_utc(created_before)
+        position = None if after is None else (as_utc(after[0]), after[1])
+
+        def matches(r: ExecutionRecord) -> bool:
+            return (
+                (workflow_pack_id is None or r.workflow_pack_id == workflow_pack_id)
+                and (wanted is None or r.status in wanted)
+                and (low is None or r.created_at >= low)
+                and (high is None or r.created_at < high)
+                and (position is None or (r.created_at, r.execution_id) < position)
+            )
+
+        with self._lock:
+            records = [r for r in self._executions.values() if matches(r)]
         records.sort(key=lambda r: (r.created_at, r.execution_id), reverse=True)
         return [_copy_execution(r) for r in records[:limit]]

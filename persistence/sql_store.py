@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, update
+from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +46,7 @@ from persistence.models import (
 from persistence.records import (
     ACTIVE_STATUSES,
     FINISH_STATUSES,
+    MAX_PACK_ID,
     MAX_STEP_KEY,
     STATUS_QUEUED,
     STATUS_RUNNING,
@@ -471,5 +472,65 @@ class SqlStore:
                 return []
             stmt = stmt.where(EXECUTIONS.c.status.in_(wanted))
         stmt = stmt.order_by(EXECUTIONS.c.created_at.desc(), EXECUTIONS.c.execution_id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [execution_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    @staticmethod
+    def _page_arguments(
+        workflow_pack_id: object, created_after: object, created_before: object, after: object, limit: object
+    ) -> bool:
+        """Check :meth:`list_executions_page` arguments; False when the pack id can match no row."""
+        check_limit(limit)
+        for name, bound in (("created_after", created_after), ("created_before", created_before)):
+            if bound is not None and not isinstance(bound, datetime):
+                raise ValueError(f"{name} must be a datetime or None, got {type(bound).__name__}")
+        if after is not None and not (
+            isinstance(after, tuple) and len(after) == 2 and isinstance(after[0], datetime) and isinstance(after[1], str)
+        ):
+            raise ValueError(f"after must be a (datetime, str) pair or None, got {after!r}")
+        if workflow_pack_id is None:
+            return True
+        if not isinstance(workflow_pack_id, str):
+            raise ValueError(f"workflow_pack_id must be a str or None, got {type(workflow_pack_id).__name__}")
+        if len(workflow_pack_id) > MAX_PACK_ID or "\x00" in workflow_pack_id:
+            return False
+        try:
+            workflow_pack_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    async def list_executions_page(
+        self,
+        *,
+        workflow_pack_id: str | None = None,
+        statuses: Collection[str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ExecutionRecord]:
+        """One keyset page of executions, newest first. See :meth:`persistence.store.Store.list_executions_page`."""
+        self._check_open()
+        if not self._page_arguments(workflow_pack_id, created_after, created_before, after, limit):
+            return []
+        c = EXECUTIONS.c
+        stmt = select(EXECUTIONS)
+        if workflow_pack_id is not None:
+            stmt = stmt.where(c.workflow_pack_id == workflow_pack_id)
+        if statuses is not None:
+            wanted = sorted(status_filter(statuses) or (), key=str)
+            if not wanted:
+                return []
+            stmt = stmt.where(c.status.in_(wanted))
+        if created_after is not None:
+            stmt = stmt.where(c.created_at >= _ts(as_utc(created_after)))
+        if created_before is not None:
+            stmt = stmt.where(c.created_at < _ts(as_utc(created_before)))
+        if after is not None:
+            at, execution_id = after
+            position = tuple_(_ts(as_utc(at)), bindparam(None, execution_id, type_=String))
+            stmt = stmt.where(tuple_(c.created_at, c.execution_id) < position)
+        stmt = stmt.order_by(c.created_at.desc(), c.execution_id.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [execution_from_row(r) for r in (await conn.execute(stmt)).mappings()]

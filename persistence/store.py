@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from dsl.errors import ConfigurationError
@@ -35,7 +36,7 @@ from persistence.memory_store import MemoryStore
 from persistence.records import ExecutionRecord, PackRecord, StepCheckpoint
 from persistence.sql_store import SqlStore
 
-__all__ = ["MEMORY_URL", "MemoryStore", "SqlStore", "Store", "open_store"]
+__all__ = ["MEMORY_URL", "MemoryStore", "SqlStore", "Store", "is_transient_error", "open_store"]
 
 #: The URL that selects :class:`MemoryStore`.
 MEMORY_URL = "memory://"
@@ -229,6 +230,63 @@ class Store(Protocol):
     ) -> list[ExecutionRecord]:
         """Up to ``limit`` (>= 1) executions, newest ``created_at`` first, optionally filtered by status."""
         ...
+
+    async def list_executions_page(
+        self,
+        *,
+        workflow_pack_id: str | None = None,
+        statuses: Collection[str] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ExecutionRecord]:
+        """One page of executions for keyset pagination, newest first.
+
+        Rows are ordered by ``(created_at, execution_id)`` descending, a total order, so
+        a page never repeats or skips a row of the previous one, whatever is inserted
+        meanwhile. On SQL the keyset condition is the row-value comparison
+        ``(created_at, execution_id) < (:at, :id)``.
+
+        Args:
+            workflow_pack_id: only this pack's runs; an id no pack can have (NUL, an
+                unpaired surrogate, over 200 characters) matches nothing.
+            statuses: only runs in one of these statuses (empty: nothing).
+            created_after: only runs created at or after this instant (inclusive).
+            created_before: only runs created before this instant (exclusive).
+            after: ``(created_at, execution_id)`` of the last row of the previous page;
+                only rows that come after it in this order are returned.
+            limit: at most this many rows (>= 1); ask for one more than a page to know
+                whether another page follows.
+
+        Naive datetimes are taken as UTC.
+
+        Raises:
+            ValueError: ``limit`` is not an int >= 1, a bound is not a datetime, or
+                ``after`` is not a ``(datetime, str)`` pair.
+        """
+        ...
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True when ``exc`` means the database was unreachable or the connection was lost.
+
+    Such a write may succeed if tried again (the server restarts, SQLite's lock frees); any
+    other error (a value the database refuses, a constraint) will fail the same way again.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        cause = type(exc.orig).__name__ if exc.orig is not None else ""
+        return any(word in cause for word in ("Connection", "CannotConnectNow", "AdminShutdown", "CrashShutdown"))
+    cause = type(exc).__name__
+    return any(word in cause for word in ("ConnectionDoesNotExist", "CannotConnectNow", "AdminShutdown", "InterfaceError"))
 
 
 async def open_store(url: str, *, migrate: bool = True, pool_size: int = 5) -> Store:

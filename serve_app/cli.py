@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("--no-wait", action="store_true", help="hand the runs to hosts and exit")
 
     demo = sub.add_parser("demo-services", help="serve the demo Validation/Compliance/Ledger services")
-    demo.add_argument("--port", type=int, default=8700, help="port on 127.0.0.1 (default 8700)")
+    demo.add_argument("--port", type=_port, default=8700, help="port on 127.0.0.1 (default 8700)")
     demo.add_argument("--latency-ms", type=int, default=0, help="delay every business call by this many ms")
     demo.add_argument(
         "--fail", action="append", default=[], metavar="PATH=N[:STATUS]", help="fail the first N calls to PATH"
@@ -112,15 +112,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except InputValidationError as exc:
         for issue in exc.issues:
-            print(f"inputs{issue.pointer or ''}: {issue.message}", file=sys.stderr)
+            label = "" if issue.pointer.startswith("/options") else "inputs"
+            print(f"{label}{issue.pointer or ''}: {issue.message}".lstrip("/"), file=sys.stderr)
         return EXIT_INPUT
     except WorkflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_unwrap(exc).message()}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        cause = _unwrap(exc)
+        if isinstance(cause, WorkflowError):
+            print(f"error: {cause.message()}", file=sys.stderr)
+            return EXIT_INPUT
         if os.environ.get("CORTX_DEBUG"):
             raise
         print(f"internal error: {type(exc).__name__}: {exc} (set CORTX_DEBUG=1 for details)", file=sys.stderr)
@@ -128,6 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- commands -------------------------------------------------------------------------------
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The error raised inside a Ray actor, without Ray's wrapper (and its long traceback)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1 to 65535)")
+    return value
 
 
 def _registry_path(args: argparse.Namespace) -> str | None:
@@ -181,13 +202,37 @@ def _read_inputs(value: str) -> dict[str, Any]:
         text, label = read_text(value), value
     elif not value.lstrip().startswith(("{", "[")):
         raise PackLoadError("--inputs", f"{value!r} is neither an existing file nor JSON text")
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=refuse_constant, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise PackLoadError(label, f"inputs are not valid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except ValueError as exc:
+        raise PackLoadError(label, f"inputs are not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PackLoadError(label, "inputs are nested too deeply") from None
     if not isinstance(data, dict):
         raise PackLoadError(label, "inputs must be a JSON object")
     return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+async def _check_database(url: str) -> None:
+    """Open (and migrate) the database once, so a bad DATABASE_URL fails before Ray starts."""
+    from persistence.store import open_store
+
+    store = await open_store(url, pool_size=1)
+    await store.close()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -203,11 +248,18 @@ def _run(args: argparse.Namespace) -> int:
         options["max_retries"] = args.max_retries
     if args.isolation:
         options["isolation"] = args.isolation
-    from dsl.validation import validate_inputs
+    from dsl.validation import validate_inputs, validate_options
 
     validate_inputs(loaded.pack, inputs)
+    validate_options(options)
+    asyncio.run(_check_database(client.settings.store_url))
+    import signal
+
     import ray
 
+    # SIGTERM ends the command like Ctrl-C: with a message, not a dump.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    execution_id = None
     try:
         execution_id = client.start(loaded, inputs, options=options)
         if not args.json:
@@ -217,6 +269,14 @@ def _run(args: argparse.Namespace) -> int:
                 if line:
                     print(line, flush=True)
         record = client.wait(execution_id)
+    except KeyboardInterrupt:
+        if execution_id is not None:
+            print(
+                f"interrupted: execution {execution_id} is left unfinished; "
+                "'cortx-workflow recover' resumes it from its checkpoints",
+                file=sys.stderr,
+            )
+        raise
     finally:
         ray.shutdown()
     _print_record(record, args.json)

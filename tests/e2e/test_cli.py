@@ -118,9 +118,18 @@ def test_validate_json_lists_every_issue(tmp_path: Path) -> None:
         (["run", "examples/loan-approval.yaml", "--inputs", '{"amount": "x"}'], "inputs/amount"),
         (["status", "00000000-0000-0000-0000-000000000000"], "no execution with id"),
         (["status", "not-a-uuid"], "no execution with id"),
+        (["run", "examples/loan-approval.yaml", "--inputs", '{"a": NaN}'], "NaN is not valid JSON"),
+        (["run", "examples/loan-approval.yaml", "--inputs", '{"a": 1, "a": 2}'], "appears twice"),
+        (["run", "examples/loan-approval.yaml", "--inputs", "[" * 5000 + "]" * 5000], "inputs"),
+        (["run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+          "--max-retries", "-1"], "options/max_retries"),
+        (["run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+          "--timeout", "nan"], "options/timeout_seconds"),
+        (["validate", "/dev/zero"], "larger than the limit"),
     ],
     ids=["missing-pack", "run-missing-pack", "inputs-not-json", "inputs-file-missing", "inputs-schema",
-         "unknown-id", "malformed-id"],
+         "unknown-id", "malformed-id", "inputs-nan", "inputs-duplicate-key", "inputs-deep", "bad-max-retries",
+         "bad-timeout", "endless-file"],
 )
 def test_bad_input_gets_one_line_and_exit_1(args: list[str], needle: str, tmp_path: Path) -> None:
     result = cli(*args, env={"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"})
@@ -149,3 +158,15 @@ def test_busy_port_is_a_clear_error(demo_services: Any) -> None:
     assert result.returncode == 1
     assert f"--port={demo_services.port}" in result.stderr and "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_one_line_before_ray_starts(tmp_path: Path) -> None:
+    result = cli("run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+                 env={"DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"}, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") <= 2 and "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_services_refuse_a_port_out_of_range() -> None:
+    result = cli("demo-services", "--port", "99999", timeout=30)
+    assert result.returncode == 2 and "not a port number" in result.stderr

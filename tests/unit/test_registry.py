@@ -234,3 +234,17 @@ def test_registry_does_not_import_ray() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+import pytest as _pytest
+
+
+@_pytest.mark.parametrize("endpoint", ["/../../echo/x", "/v1/./x", "/a/%2e%2e/b", "http://elsewhere/x", "//host/x"])
+def test_endpoints_cannot_leave_the_base_url(endpoint: str) -> None:
+    from actors.registry import ServiceRegistry
+    from dsl.errors import ConfigurationError
+
+    registry = ServiceRegistry.from_mapping({"services": {"svc": {"base_url": "http://127.0.0.1:1/svc"}}})
+    with _pytest.raises(ConfigurationError):
+        registry.resolve("svc", endpoint)
+    assert registry.resolve("svc", "/v1/x").url == "http://127.0.0.1:1/svc/v1/x"

@@ -413,3 +413,11 @@ def test_set_context_shares_variables_with_later_steps_and_is_stored(demo: Any) 
     record, context = asyncio.run(scenario())
     assert record["outputs"] == {"tier": "gold", "used": "gold!"}
     assert context == {"tier": "gold", "used": "gold!"}
+
+
+def test_outputs_too_large_fail_the_step_clearly(demo: Any) -> None:
+    h = Harness(demo)
+    blob = {name: "${ 'x' * 900000 }" for name in ("a", "b", "c")}
+    record, _ = asyncio.run(h.run(pack(call("big", "/v1/big", inputs=blob)), max_retries=0))
+    assert record["status"] == "failed" and record["error_detail"]["kind"] == "output_too_large"
+    assert "limit of 2097152 bytes" in record["error"]

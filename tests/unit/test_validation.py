@@ -213,3 +213,94 @@ steps:
     assert set(warned) == {"never", "shadowed", "fallback-route", "body"}
     assert all(w.severity == "warning" and w.code == "never_runs" and w.line for w in warned.values())
     assert warned["never"].pointer == "/steps/0/then/0"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a0: &a0 [" + ",".join(["lol"] * 9) + "]\n" + "".join(
+            f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 9)
+        ),
+        "x: " + "[" * 2000 + "]" * 2000 + "\n",
+        "id: !!int abc\n",
+        "b: &b 1\nc:\n  <<: *b\n",
+        "? !!python/name:os.system\n: 1\n",
+        "n: " + "9" * 5000 + "\n",
+    ],
+    ids=["alias-bomb", "deep-nesting", "bad-int-tag", "scalar-merge", "python-key", "huge-int"],
+)
+def test_hostile_yaml_is_a_clear_error(text: str) -> None:
+    with pytest.raises((PackLoadError, PackValidationError)) as caught:
+        load_pack(text, "hostile.yaml")
+    assert "hostile.yaml" in str(caught.value)
+
+
+def test_a_device_without_size_is_read_with_a_cap(tmp_path: Path) -> None:
+    from dsl.loader import read_text
+
+    with pytest.raises(PackLoadError) as caught:
+        read_text("/dev/zero")
+    assert "larger than the limit" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("step", "pointer", "needle"),
+    [
+        ({"id": "c", "type": "condition", "then": []}, "/steps/0/condition", "missing required field 'condition'"),
+        ({"id": "c", "type": "condition", "condition": 5}, "/steps/0/condition", "valid string"),
+        ({"id": "l", "type": "loop", "collection": "inputs.x", "item_var": "steps",
+          "steps": [{"id": "b", "type": "service_call", "service": "s"}]}, "/steps/0", "'steps' is a name"),
+        ({"id": "l", "type": "loop", "collection": "inputs.x", "item_var": "x", "index_var": "x",
+          "steps": [{"id": "b", "type": "service_call", "service": "s"}]}, "/steps/0", "different names"),
+    ],
+    ids=["condition-missing", "condition-not-text", "reserved-loop-name", "same-loop-names"],
+)
+def test_schema_errors_point_at_the_right_field(step: dict, pointer: str, needle: str) -> None:
+    with pytest.raises(PackValidationError) as caught:
+        validate_document({"id": "p", "name": "p", "version": "1", "steps": [step]})
+    assert any(i.pointer == pointer and needle in i.message for i in caught.value.issues), caught.value.issues
+
+
+def test_pack_id_error_states_the_pack_id_rule() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        validate_document({"id": "bad id!", "name": "p", "version": "1",
+                           "steps": [{"id": "a", "type": "service_call", "service": "s"}]})
+    assert "pack id" in caught.value.issues[0].message and "200" in caught.value.issues[0].message
+
+
+def test_unstorable_inputs_and_bad_options_are_refused() -> None:
+    from dsl.errors import InputValidationError
+    from dsl.validation import validate_options
+
+    pack = validate_document({"id": "p", "name": "p", "version": "1",
+                              "steps": [{"id": "a", "type": "service_call", "service": "s"}]}).pack
+    for bad in ({"a": "x\x00y"}, {"a": float("nan")}, {"a": ["\ud800"]}):
+        with pytest.raises(InputValidationError) as caught:
+            validate_inputs(pack, bad)
+        assert caught.value.issues[0].pointer.startswith("/a")
+    for options in ({"max_retries": -1}, {"max_retries": 10**9}, {"timeout_seconds": float("inf")},
+                    {"timeout_seconds": 0}, {"retries": 3}):
+        with pytest.raises(InputValidationError) as caught:
+            validate_options(options)
+        assert caught.value.issues[0].pointer.startswith("/options")
+    assert validate_options({"timeout_seconds": 5, "max_retries": 0}) == {"timeout_seconds": 5.0, "max_retries": 0}
+
+
+def test_input_schema_refs_stay_inside_the_pack() -> None:
+    def pack(inputs: dict) -> dict:
+        return {"id": "p", "name": "p", "version": "1", "inputs": inputs,
+                "steps": [{"id": "a", "type": "service_call", "service": "s"}]}
+
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(pack({"type": "object", "properties": {"x": {"$ref": "http://127.0.0.1:9/remote.json"}}}))
+    assert caught.value.issues[0].code == "remote_ref"
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(pack({"type": "object", "properties": {"x": {"$ref": "#/nope"}}}))
+    assert caught.value.issues[0].code == "unresolved_ref"
+    ok = validate_document(pack({"type": "object", "$defs": {"n": {"type": "number"}},
+                                 "properties": {"x": {"$ref": "#/$defs/n"}}})).pack
+    from dsl.errors import InputValidationError
+
+    with pytest.raises(InputValidationError):
+        validate_inputs(ok, {"x": "not a number"})
+    assert validate_inputs(ok, {"x": 3}) == {"x": 3}
