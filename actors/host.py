@@ -10,7 +10,8 @@ The host is the step tasks' submitter: a ``service_call`` attempt runs as the Ra
 :func:`actors.tasks.service_call_task`, awaited without blocking the host's event loop, and
 cancelled (``ray.cancel``) when the run is cancelled or a sibling fails.
 
-Hosts are created with ``max_restarts=-1``: Ray restarts a host whose process died.
+Hosts are detached (they outlive the process that created them) and created with
+``max_restarts=-1``: Ray restarts a host whose process died.
 """
 
 from __future__ import annotations
@@ -326,6 +327,9 @@ def get_host(
         name=name,
         namespace=namespace,
         get_if_exists=True,
+        # Detached: a host outlives the process that happened to create it (a CLI, a Serve
+        # replica, a notebook) and every handle to it; it ends with the cluster or when killed.
+        lifetime="detached",
         max_restarts=-1,
         # Calls in flight when the host dies are retried on the restarted host.
         max_task_retries=-1,
