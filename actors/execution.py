@@ -31,12 +31,27 @@ from dsl.state import ExecutionStatus, is_terminal
 from persistence.records import ExecutionRecord, StepCheckpoint
 from persistence.store import Store, is_transient_error
 
-__all__ = ["ExecutionActor", "MAX_EVENTS_KEPT"]
+__all__ = ["ExecutionActor", "MAX_EVENTS_KEPT", "NOT_PERSISTED", "status_record"]
 
 log = logging.getLogger("cortx.execution")
 
 #: Events kept in memory per run for live watchers (the database keeps the checkpoints).
 MAX_EVENTS_KEPT = 10_000
+
+
+#: What a record says when STATE_PERSISTENCE_ENABLED=false (FDD §6): what the run gives up.
+NOT_PERSISTED = (
+    "STATE_PERSISTENCE_ENABLED=false: this run is kept in memory only; a crash of its host loses it, "
+    "and it cannot be resumed or read from another process"
+)
+
+
+def status_record(record: ExecutionRecord, settings: Settings) -> dict[str, Any]:
+    """The FDD §3.2 status record; when persistence is off it says so in ``persistence``."""
+    status = record.to_status_dict()
+    if not settings.state_persistence_enabled or settings.store_url.startswith("memory://"):
+        status["persistence"] = NOT_PERSISTED
+    return status
 
 
 class ExecutionActor:
@@ -87,7 +102,7 @@ class ExecutionActor:
         record = await self._store.claim_execution(self.execution_id)
         if is_terminal(record.status):
             self._append("execution.already_finished", status=record.status)
-            self.final = record.to_status_dict()
+            self.final = status_record(record, self._settings)
             await self._notify()
             return self.final
         self._epoch = record.owner_epoch
@@ -155,7 +170,7 @@ class ExecutionActor:
         # The last event goes in before ``final`` is set, so a watcher that sees the run
         # done has also seen its last event.
         self._append(f"execution.{record.status}", error=outcome.error)
-        self.final = record.to_status_dict()
+        self.final = status_record(record, self._settings)
         await self._notify()
         return self.final
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from actors.execution import ExecutionActor
+from actors.execution import ExecutionActor, status_record
 from actors.logs import configure_json_logging
 from actors.registry import ServiceRegistry
 from actors.scheduler import ServiceRequest
@@ -179,7 +179,7 @@ class ExecutionHost:
             status=ExecutionStatus.RUNNING.value,
         )
         self._start(record.execution_id)
-        return record.to_status_dict()
+        return status_record(record, self._settings)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         """Host an existing, unfinished execution again (it continues from its checkpoints)."""
@@ -187,7 +187,7 @@ class ExecutionHost:
         record = await store.get_execution(execution_id)
         if not is_terminal(record.status) and execution_id not in self._runs:
             self._start(execution_id)
-        return record.to_status_dict()
+        return status_record(record, self._settings)
 
     def _start(self, execution_id: str) -> None:
         assert self._store is not None
@@ -227,7 +227,7 @@ class ExecutionHost:
             ExecutionNotFoundError: unknown id.
         """
         store = await self._get_store()
-        return (await store.get_execution(execution_id)).to_status_dict()
+        return status_record(await store.get_execution(execution_id), self._settings)
 
     async def wait(self, execution_id: str, timeout_s: float) -> dict[str, Any] | None:
         """Wait up to ``timeout_s`` s for the run to end; its final record, or None if still running.

@@ -155,3 +155,4 @@ def test_memory_store_when_persistence_is_off(demo_services: Any, make_client: A
     client = make_client("memory://", demo_registry(demo_services.url))
     record = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
     assert record["status"] == "completed" and record["outputs"]["items_checked"] == 3
+    assert "memory only" in record["persistence"]  # the record says what is given up
