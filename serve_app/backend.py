@@ -14,6 +14,11 @@ insert race inside the host and is answered the same way. The same key with a di
 pack, version, inputs or options raises :class:`IdempotencyKeyReusedError` (422). Keys do
 not expire while the execution row exists.
 
+Listing (:meth:`Backend.list_page`) pages the store by keyset (:mod:`serve_app.listing`).
+Events (:meth:`Backend.host_events`, :meth:`Backend.execution_events`) come from the run's
+host when it holds them, looked up by name and never created for a read; otherwise they
+are rebuilt from the checkpoints (:mod:`serve_app.events`).
+
 Every Ray call is bounded by ``engine_timeout_s``; Ray failures become
 :class:`EngineUnavailableError` (503), errors raised by a host (e.g. not found) are
 re-raised as themselves.
@@ -25,6 +30,7 @@ import asyncio
 import logging
 import uuid
 import zlib
+from datetime import datetime
 from typing import Any
 
 from actors.registry import ServiceRegistry
@@ -36,6 +42,8 @@ from dsl.validation import validate_document, validate_inputs
 from persistence.records import ExecutionRecord
 from persistence.store import Store, open_store
 from serve_app.errors import EngineUnavailableError, ExecutionFinishedError, IdempotencyKeyReusedError
+from serve_app.events import host_event, synthesize
+from serve_app.listing import decode_cursor, encode_cursor, list_item
 from serve_app.packs import resolve_pack
 from serve_app.schemas import ExecuteRequest
 
@@ -213,6 +221,125 @@ class Backend:
     async def status(self, execution_id: str) -> dict[str, Any]:
         """The FDD §3.2 status record. Raises ExecutionNotFoundError."""
         return (await (await self.store()).get_execution(execution_id)).to_status_dict()
+
+    async def record(self, execution_id: str) -> ExecutionRecord:
+        """The run's record. Raises ExecutionNotFoundError."""
+        return await (await self.store()).get_execution(execution_id)
+
+    async def list_page(
+        self,
+        *,
+        workflow_pack_id: str | None,
+        statuses: list[str] | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> dict[str, Any]:
+        """One page of ``GET /v1/workflows/executions``: ``{"items": [...], "next_cursor": str | None}``.
+
+        Raises:
+            RequestValidationError: a malformed cursor (422 naming ``cursor``).
+        """
+        position = decode_cursor(cursor) if cursor is not None else None
+        rows = await (await self.store()).list_executions_page(
+            workflow_pack_id=workflow_pack_id,
+            statuses=statuses,
+            created_after=created_after,
+            created_before=created_before,
+            after=position,
+            limit=limit + 1,
+        )
+        page = rows[:limit]
+        more = len(rows) > limit
+        return {"items": [list_item(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}
+
+    async def _existing_host(self, execution_id: str, isolation: str) -> Any | None:
+        """The run's ExecutionHost if it exists now (never creates one), else None."""
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        name = self._host_name(execution_id, isolation)
+        if name in self._hosts:
+            return self._hosts[name]
+        try:
+            handle = await asyncio.wait_for(
+                asyncio.to_thread(ray.get_actor, name, namespace=self.namespace), self.engine_timeout_s
+            )
+        except ValueError:
+            return None
+        except TimeoutError:
+            raise EngineUnavailableError(f"Ray did not answer within {self.engine_timeout_s:g} s") from None
+        if isolation != "dedicated":
+            self._hosts[name] = handle
+        return handle
+
+    async def _host_events_call(
+        self, handle: Any, execution_id: str, isolation: str, after: int, timeout_s: float
+    ) -> dict[str, Any] | None:
+        import ray
+
+        ref = handle.events.remote(execution_id, after, timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.engine_timeout_s + timeout_s)
+        except TimeoutError:
+            raise EngineUnavailableError(f"the ExecutionHost did not answer within {self.engine_timeout_s:g} s") from None
+        except ray.exceptions.RayActorError:
+            self._hosts.pop(self._host_name(execution_id, isolation), None)
+            return None
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+        except ray.exceptions.RayError as exc:
+            raise EngineUnavailableError(f"Ray failed: {type(exc).__name__}") from None
+
+    async def host_events(self, execution_id: str, isolation: str, after: int, timeout_s: float) -> dict[str, Any] | None:
+        """``{"events", "done"}`` of the host that holds the run (long-polling ``timeout_s``), or None.
+
+        None: no host holds the run's events (no such host, the host is gone, or it never
+        ran or no longer remembers the run); the caller falls back to the checkpoints.
+
+        Raises:
+            EngineUnavailableError: Ray or the host did not answer in time.
+        """
+        for _ in range(2):  # a cached handle of a host that died: look the host up once more
+            handle = await self._existing_host(execution_id, isolation)
+            if handle is None:
+                return None
+            result = await self._host_events_call(handle, execution_id, isolation, after, timeout_s)
+            if result is not None:
+                break
+        if result is None or result["events"] or not result["done"]:
+            return result
+        # "done" with nothing new: either the caller has every event of a run the host holds,
+        # or the host does not hold the run at all (it answers the same). Event ``after`` tells.
+        if after <= 0:
+            return None
+        probe = await self._host_events_call(handle, execution_id, isolation, after - 1, 0.0)
+        return result if probe and probe["events"] else None
+
+    async def execution_events(self, execution_id: str, after: int) -> dict[str, Any]:
+        """``GET .../events``: the run's events with ``seq > after`` (serve_app.events: host or checkpoints).
+
+        Raises:
+            ExecutionNotFoundError, EngineUnavailableError.
+        """
+        record = await self.record(execution_id)
+        live = await self.host_events(record.execution_id, record.isolation, after, 0.0)
+        if live is not None and live["done"] and not record.is_terminal:
+            record = await self.record(execution_id)  # it ended since it was read
+        if live is not None and (live["done"] or not record.is_terminal):
+            events = [host_event(e) for e in live["events"]]
+            source, done = "host", bool(live["done"])
+        else:
+            checkpoints = await (await self.store()).load_checkpoints(record.execution_id)
+            events = [e for e in synthesize(record, checkpoints) if e["seq"] > after]
+            source, done = "checkpoints", record.is_terminal
+        return {"execution_id": record.execution_id, "status": record.status, "source": source, "done": done,
+                "events": events}
 
     async def record_and_checkpoints(self, execution_id: str) -> tuple[ExecutionRecord, list[Any]]:
         """The run's record and its step checkpoints. Raises ExecutionNotFoundError."""

@@ -53,6 +53,7 @@ KEYS = {ADMIN: ["admin"], EXECUTOR: ["execute", "read"], DEPLOYER: ["deploy", "r
 class Api:
     url: str
     database_url: str
+    namespace: str = ""  # Ray namespace of the app's ExecutionHosts (when a test needs them)
 
     def client(self, key: str | None = ADMIN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

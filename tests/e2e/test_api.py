@@ -480,6 +480,14 @@ def test_execute_and_status_through_the_ray_serve_proxy(ray_session: None, demo_
             record = wait_for(client, accepted.json()["execution_id"], {"completed", "failed", "cancelled"})
             assert record["status"] == "completed" and record["outputs"]["items_checked"] == 3
             assert_problem(httpx.get(f"{base}/v1/packs", timeout=30), 401, "unauthorized")
+            # The listing and the event stream (Server-Sent Events) through Serve's proxy.
+            listed = client.get("/v1/workflows/executions", params={"workflow_pack_id": pack_id}).json()
+            assert [i["execution_id"] for i in listed["items"]] == [record["execution_id"]]
+            stream = f"/v1/workflows/executions/{record['execution_id']}/events/stream"
+            with client.stream("GET", stream) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                kinds = [line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")]
+            assert kinds[0] == "execution.started" and kinds[-1] == "execution.completed", kinds
     finally:
         serve.shutdown()
         kill_hosts(namespace)
