@@ -1,4 +1,4 @@
-"""The shared fault cases (/work/shared/cases) as engine tests on a real local Ray.
+"""Faults reported against other workflow engines (the fault catalogue), as engine tests on a real local Ray.
 
 Each case restates a fault seen in another workflow engine as a small pack plus stubbed
 upstreams. Here each pack is written in our DSL (``${ }`` templates, ``item_var``,
@@ -120,7 +120,7 @@ LOOP_ROUTES = {"inventory POST /v1/items": "echo", "audit POST /v1/record": "ech
 
 
 def test_case01_loop_over_empty_collection_runs_body_zero_times(engine_db: str, make_client: Any, stubs: Any) -> None:
-    """Case 01 (shared cases, Conductor #876): a loop over [] runs its body zero times, its
+    """Case 01 (fault catalogue, Conductor #876): a loop over [] runs its body zero times, its
     output is an empty list (length 0) and the dependent step runs once with count 0."""
     stub = stubs(LOOP_ROUTES)
     client = make_client(engine_db, stub.registry())
@@ -140,7 +140,7 @@ def test_case01_loop_over_empty_collection_runs_body_zero_times(engine_db: str, 
 
 
 def test_case01_loop_over_absent_key_fails_naming_the_path(engine_db: str, make_client: Any, stubs: Any) -> None:
-    """Case 01 (shared cases), variant items-key-absent: `inputs.items` missing fails the
+    """Case 01 (fault catalogue), variant items-key-absent: `inputs.items` missing fails the
     loop step (strict lookup), the message names `inputs.items`, and nothing is called."""
     stub = stubs(LOOP_ROUTES)
     client = make_client(engine_db, stub.registry())
@@ -185,7 +185,7 @@ ROUTING_ROUTES = {"approvals POST /v1/manager": "echo", "approvals POST /v1/auto
 def test_case07_condition_on_missing_or_null_key(
     engine_db: str, make_client: Any, stubs: Any, variant: str, extra_inputs: dict[str, Any], status: str, manager: int, auto: int
 ) -> None:
-    """Case 07 (shared cases, LocalStack #11980): `inputs.amount > 10000` with amount missing
+    """Case 07 (fault catalogue, LocalStack #11980): `inputs.amount > 10000` with amount missing
     or null fails the condition step with a message naming `amount`, and neither branch is
     called; with a number the right branch is called exactly once."""
     stub = stubs(ROUTING_ROUTES)
@@ -249,7 +249,7 @@ COERCION_ROUTES = {**ROUTING_ROUTES, "pager POST /v1/page": "echo"}
 def test_case08_strings_are_not_coerced(
     engine_db: str, make_client: Any, stubs: Any, run: str, inputs: dict[str, Any], error_step: str, message_parts: list[str], auto: int
 ) -> None:
-    """Case 08 (shared cases, n8n #4698). Chosen outcome (`final_status_in` allows it):
+    """Case 08 (fault catalogue, n8n #4698). Chosen outcome (`final_status_in` allows it):
     our language is strict, so every run FAILS. A string compared with a number fails
     `check-amount` with a message naming `amount`, neither approval is called; the string
     'false' as a condition fails `check-urgent` (no truthiness) after the numeric amount 500
@@ -297,7 +297,7 @@ PLACEMENTS = ["top-level", "in-loop", "in-parallel"]
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_case10_non_retryable_400_is_called_once(engine_db: str, make_client: Any, stubs: Any, placement: str) -> None:
-    """Case 10 (shared cases, Temporal sdk-java #323): a 400 listed in `non_retryable_status`
+    """Case 10 (fault catalogue, Temporal sdk-java #323): a 400 listed in `non_retryable_status`
     is called once and fails the run at once (no retry delay), wherever the step sits (top level, inside a
     loop over one item, inside a parallel group beside a sibling that succeeds)."""
     _check_charge(engine_db, make_client, stubs, placement, [{"status": 400, "body": {"error": "invalid_card"}}], 400)
@@ -307,7 +307,7 @@ def test_case10_non_retryable_400_is_called_once(engine_db: str, make_client: An
 def test_case10_transient_503_is_retried_to_max_attempts(
     engine_sqlite_url: str, make_client: Any, stubs: Any, placement: str
 ) -> None:
-    """Case 10 (shared cases), variant transient-503: the same step answered 503 is retried
+    """Case 10 (fault catalogue), variant transient-503: the same step answered 503 is retried
     up to `max_attempts` (4 calls) in every placement, with the exponential backoff between
     the calls (SQLite only: the backoff makes it the slower half)."""
     _check_charge(engine_sqlite_url, make_client, stubs, placement, [{"status": 503}], 503)
@@ -315,7 +315,7 @@ def test_case10_transient_503_is_retried_to_max_attempts(
 
 @pytest.mark.parametrize("status", [400, 409])
 def test_case10_non_retryable_status_wins_over_retry_on(engine_sqlite_url: str, make_client: Any, stubs: Any, status: int) -> None:
-    """Case 10 (shared cases), made to bite: with `retry_on` asking for 4xx retries, a status
+    """Case 10 (fault catalogue), made to bite: with `retry_on` asking for 4xx retries, a status
     listed in `non_retryable_status` is still called exactly once (the list wins)."""
     policy = {**CHARGE_POLICY, "retry_on": ["http_4xx", "http_5xx"]}
     _check_charge(engine_sqlite_url, make_client, stubs, "top-level", [{"status": status}], status, policy)
@@ -370,7 +370,7 @@ def _check_charge(
 
 @pytest.mark.timeout(240)
 def test_case11_many_attempts_with_capped_backoff(engine_sqlite_url: str, make_client: Any, stubs: Any) -> None:
-    """Case 11 (shared cases, Airflow #47971): 1100 attempts with exponential backoff capped
+    """Case 11 (fault catalogue, Airflow #47971): 1100 attempts with exponential backoff capped
     at 5 ms: no overflow, exactly 1100 calls (1099 answered 503, the last 200), the run
     completes and no gap between two calls grows past 255 ms."""
     stub = stubs(
@@ -407,7 +407,7 @@ def test_case11_many_attempts_with_capped_backoff(engine_sqlite_url: str, make_c
 
 
 def test_case11_uncapped_policy_delays_are_bounded_by_the_default_cap() -> None:
-    """Case 11 (shared cases), variant uncapped, arithmetic: without `max_delay_ms` the
+    """Case 11 (fault catalogue), variant uncapped, arithmetic: without `max_delay_ms` the
     default cap (60 000 ms) applies; delays never decrease, never exceed the cap and stay
     exact integers for attempt numbers far past where 2**n would overflow a float."""
     policy = RetryPolicy(max_attempts=70, backoff="exponential", initial_delay_ms=1)
@@ -425,7 +425,7 @@ def test_case11_uncapped_policy_delays_are_bounded_by_the_default_cap() -> None:
 
 @pytest.mark.timeout(90)
 def test_case11_uncapped_run_has_non_decreasing_gaps_and_cancels(engine_sqlite_url: str, make_client: Any, stubs: Any) -> None:
-    """Case 11 (shared cases), variant uncapped, on the engine. Chosen outcome of `one_of`:
+    """Case 11 (fault catalogue), variant uncapped, on the engine. Chosen outcome of `one_of`:
     the pack is accepted and the gaps grow (never below the policy's delay, non-decreasing
     once the delays dominate call overhead); the run is then cancelled (shortened from 20 s)
     and no call follows the cancel."""
@@ -457,7 +457,7 @@ def test_case11_uncapped_run_has_non_decreasing_gaps_and_cancels(engine_sqlite_u
 
 @pytest.mark.timeout(90)
 def test_case14_cancel_during_retry_backoff(engine_sqlite_url: str, make_client: Any, stubs: Any) -> None:
-    """Case 14 (shared cases, Hatchet #4900): cancel 1 s into a 10 s fixed backoff. The run
+    """Case 14 (fault catalogue, Hatchet #4900): cancel 1 s into a 10 s fixed backoff. The run
     is cancelled within 2 s, stays cancelled, the failing service is never called again
     (the retry would come at ~10 s) and the dependent step never runs; watched for 12 s."""
     stub = stubs(
@@ -511,7 +511,7 @@ def test_case14_cancel_during_retry_backoff(engine_sqlite_url: str, make_client:
 def test_case16_failing_parallel_member_fails_group_and_blocks_dependents(
     engine_db: str, make_client: Any, stubs: Any
 ) -> None:
-    """Case 16 (shared cases, LocalStack #9863): one member of a parallel group answers
+    """Case 16 (fault catalogue, LocalStack #9863): one member of a parallel group answers
     422; the group fails, the run fails naming that member and the 422, and the step that
     depends on the group is never called."""
     stub = stubs(
@@ -621,7 +621,7 @@ def _assert_rejected(client: Any, database_url: str, stub: StubServer, pack: dic
 def test_case23_duplicate_ids_in_nested_scopes_are_rejected(
     engine_db: str, make_client: Any, stubs: Any, variant: str
 ) -> None:
-    """Case 23 (shared cases, Conductor PR #1933): a step id repeated in a nested scope
+    """Case 23 (fault catalogue, Conductor PR #1933): a step id repeated in a nested scope
     (parallel group, then/else of one condition, loop body, two fallbacks) is refused at
     start with a message naming the id and "duplicate"; no execution row, no call.
     Chosen outcome for shared-fallback-id: rejection (the case's first `one_of`)."""
@@ -670,7 +670,7 @@ CYCLE_PACKS = {
 def test_case24_dependency_cycles_and_unknown_dependencies_are_rejected(
     engine_db: str, make_client: Any, stubs: Any, variant: str
 ) -> None:
-    """Case 24 (shared cases, Airflow #11063): a self-dependency, a two-step cycle, a cycle
+    """Case 24 (fault catalogue, Airflow #11063): a self-dependency, a two-step cycle, a cycle
     through a parallel group and a dependency on a step that does not exist are refused at
     start (no hang), naming the steps; no execution row, no call."""
     steps, code, parts = CYCLE_PACKS[variant]

@@ -242,7 +242,7 @@ def record_time() -> Any:
 
 
 def saga(gift: bool) -> dict[str, Any]:
-    """Case 22 (shared cases: compensation order and scope), in our DSL, on the echo service."""
+    """Case 22 (fault catalogue: compensation order and scope), in our DSL, on the echo service."""
     return pack(
         call("reserve-stock", "/v1/reserve"),
         call("charge-card", "/v1/charge", dependencies=["reserve-stock"]),
@@ -289,7 +289,7 @@ def test_failed_compensation_is_recorded_and_the_others_still_run(demo: Any) -> 
 
 
 def price_pack() -> dict[str, Any]:
-    """Case 21 (shared cases: fallback output propagation), in our DSL, on the echo service."""
+    """Case 21 (fault catalogue: fallback output propagation), in our DSL, on the echo service."""
     return pack(
         call("fetch-price", "/v1/price", inputs={"price": 12.5},
              outputs={"price": "${ result.body.price }", "source": "primary"},
