@@ -1,4 +1,4 @@
-"""A real HTTP stub upstream for engine tests (the ``harness.stubs`` of the shared cases).
+"""A real HTTP stub upstream for engine tests (the stubbed upstreams of the fault catalogue).
 
 One :class:`StubServer` listens on ``127.0.0.1`` at a free port in a background thread and
 serves every configured service under ``/<service>``, so :meth:`StubServer.registry` can
