@@ -21,6 +21,7 @@ database), :func:`kill_hosts` (end a namespace's ExecutionHosts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -29,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -37,7 +39,7 @@ import uvicorn
 __all__ = [
     "ADMIN", "DEPLOYER", "EXECUTOR", "KEYS", "LOAN_INPUTS", "PROBLEM", "READER", "ROOT", "Api", "ApiServer",
     "assert_problem", "deploy_yaml", "echo_pack", "executions_of", "free_port", "kill_hosts", "loan_pack", "new_id",
-    "serve_in_thread", "wait_for",
+    "running_api", "serve_in_thread", "wait_for",
 ]
 
 ROOT = Path(__file__).parents[2]
@@ -101,6 +103,35 @@ class ApiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_api(
+    request: Any, demo_url: str, tmp_path_factory: Any, label: str, *, keys: dict[str, list[str]] | None = None,
+    timeout_s: float = 120.0, **app_options: Any,
+) -> Iterator[Api]:
+    """The API with keys, served by uvicorn, on the database ``request.param`` names.
+
+    ``request.param`` is ``sqlite`` (a fresh file) or ``postgres`` (the session database);
+    the app's hosts get a Ray namespace of their own and are killed afterwards.
+    """
+    from actors.settings import Settings
+    from serve_app.api import create_app
+    from tests.conftest import demo_registry
+
+    if request.param == "sqlite":
+        database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp(label) / f'{label}.db'}"
+    else:
+        database_url = request.getfixturevalue("postgres_url")
+    namespace = f"{label}-{uuid.uuid4().hex[:8]}"
+    settings = Settings(database_url=database_url, execution_hosts=1, workflow_timeout_seconds=timeout_s)
+    app = create_app(settings, demo_registry(demo_url), api_keys=keys or KEYS, namespace=namespace, **app_options)  # type: ignore[arg-type]
+    server = serve_in_thread(app)
+    try:
+        yield Api(server.url, database_url, namespace)
+    finally:
+        server.stop()
+        kill_hosts(namespace)
 
 
 def serve_in_thread(app: Any, start_timeout_s: float = 15.0) -> ApiServer:

@@ -45,6 +45,7 @@ from tests.e2e.api_server import (
     kill_hosts,
     loan_pack,
     new_id,
+    running_api,
     serve_in_thread,
     wait_for,
 )
@@ -55,19 +56,8 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def api(request: pytest.FixtureRequest, ray_session: None, demo_services: Any, tmp_path_factory: Any) -> Iterator[Api]:
     """The API with keys configured, served by uvicorn, on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}"
-    else:
-        database_url = request.getfixturevalue("postgres_url")
-    namespace = f"api-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=database_url, execution_hosts=1, workflow_timeout_seconds=120.0)
-    app = create_app(settings, demo_registry(demo_services.url), api_keys=KEYS, namespace=namespace)  # type: ignore[arg-type]
-    server = serve_in_thread(app)
-    try:
-        yield Api(server.url, database_url)
-    finally:
-        server.stop()
-        kill_hosts(namespace)
+    with running_api(request, demo_services.url, tmp_path_factory, "api") as api:
+        yield api
 
 
 # --------------------------------------------------------------------------- the main path

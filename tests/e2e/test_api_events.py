@@ -23,9 +23,6 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.settings import Settings
-from serve_app.api import create_app
-from tests.conftest import demo_registry
 from tests.e2e.api_server import (
     ADMIN,
     DEPLOYER,
@@ -36,7 +33,7 @@ from tests.e2e.api_server import (
     echo_pack,
     kill_hosts,
     new_id,
-    serve_in_thread,
+    running_api,
     wait_for,
 )
 
@@ -49,21 +46,9 @@ DONE = {"completed", "failed", "cancelled"}
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def api(request: pytest.FixtureRequest, ray_session: None, demo_services: Any, tmp_path_factory: Any) -> Iterator[Api]:
-    if request.param == "sqlite":
-        database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('events') / 'events.db'}"
-    else:
-        database_url = request.getfixturevalue("postgres_url")
-    namespace = f"events-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=database_url, execution_hosts=1, workflow_timeout_seconds=120.0)
-    keys = {**KEYS, EXECUTE_ONLY: ["execute"]}
-    app = create_app(settings, demo_registry(demo_services.url), api_keys=keys, namespace=namespace,  # type: ignore[arg-type]
-                     event_keepalive_s=1.0)
-    server = serve_in_thread(app)
-    try:
-        yield Api(server.url, database_url, namespace)
-    finally:
-        server.stop()
-        kill_hosts(namespace)
+    with running_api(request, demo_services.url, tmp_path_factory, "events", keys={**KEYS, EXECUTE_ONLY: ["execute"]},
+                     event_keepalive_s=1.0) as api:
+        yield api
 
 
 # --------------------------------------------------------------------------- helpers

@@ -21,7 +21,6 @@ that reproduces it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,10 +30,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase
 
-from actors.settings import Settings
-from serve_app.api import create_app
-from tests.conftest import demo_registry
-from tests.e2e.api_server import ADMIN, KEYS, Api, echo_pack, kill_hosts, new_id, serve_in_thread, wait_for
+from tests.e2e.api_server import ADMIN, Api, echo_pack, new_id, running_api, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -49,19 +45,8 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def api(request: pytest.FixtureRequest, ray_session: None, demo_services: Any, tmp_path_factory: Any) -> Iterator[Api]:
     """The API with keys configured, served by uvicorn, on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}"
-    else:
-        database_url = request.getfixturevalue("postgres_url")
-    namespace = f"fuzz-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=database_url, execution_hosts=1, workflow_timeout_seconds=60.0)
-    app = create_app(settings, demo_registry(demo_services.url), api_keys=KEYS, namespace=namespace)  # type: ignore[arg-type]
-    server = serve_in_thread(app)
-    try:
-        yield Api(server.url, database_url)
-    finally:
-        server.stop()
-        kill_hosts(namespace)
+    with running_api(request, demo_services.url, tmp_path_factory, "fuzz", timeout_s=60.0) as api:
+        yield api
 
 
 def _checks() -> list[Any]:
