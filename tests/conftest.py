@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,28 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Like ``database_url``, plus ``memory://`` for the MemoryStore."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def with_store(url: str, body: Any) -> Any:
+    """Open a store on ``url``, run the coroutine function ``body(store)`` in a fresh event loop, close it."""
+    from persistence.store import open_store
+
+    async def run() -> Any:
+        store = await open_store(url)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 @pytest.fixture(scope="session")

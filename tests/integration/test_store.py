@@ -15,10 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
@@ -34,7 +34,8 @@ from persistence import (
     open_store,
 )
 
-T = TypeVar("T")
+from tests.conftest import with_store
+
 ROOT = Path(__file__).resolve().parents[2]
 PACK = {"id": "demo", "version": "1.0.0", "steps": [{"id": "a", "type": "task"}, {"id": "b", "type": "task"}]}
 STATUS_KEYS = [
@@ -52,27 +53,6 @@ STATUS_KEYS = [
     "error_detail",
 ]
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    """Like ``database_url`` from conftest, plus ``memory://`` for MemoryStore."""
-    if request.param == "memory":
-        return "memory://"
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-def with_store(url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    """Open a store on ``url``, run ``body`` with it in a fresh event loop, close it."""
-
-    async def main() -> T:
-        store = await open_store(url)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 async def new_run(store: Store, *, status: str = "queued", pack_id: str = "demo") -> ExecutionRecord:

@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import update
 
-from persistence import ExecutionRecord, SqlStore, Store, open_store
+from persistence import ExecutionRecord, SqlStore, Store
 from persistence.models import EXECUTIONS
+from tests.conftest import with_store
 
-T = TypeVar("T")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-
-
-def with_store(url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = await open_store(url)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 async def create(store: Store, pack_id: str, status: str = "running") -> ExecutionRecord:

@@ -6,39 +6,19 @@ Pack ids carry a random suffix, since the PostgreSQL database is shared by the s
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from dsl.errors import PackConflictError
-from persistence import PackRecord, Store, open_store
+from persistence import PackRecord, Store
+from tests.conftest import with_store
 
-T = TypeVar("T")
 
 
 def pack(pack_id: str, version: str, name: str = "Demo") -> dict[str, Any]:
     return {"id": pack_id, "name": name, "version": version, "steps": [{"id": "a", "type": "task"}]}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
-def store_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return "memory://"
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-
-
-def with_store(url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = await open_store(url)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 @pytest.mark.timeout(60)
