@@ -26,6 +26,7 @@ import functools
 import json
 import re
 import sqlite3
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Final
@@ -124,10 +125,36 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode, waiting out other processes doing the same.
+
+    The mode is kept in the file, so this is a no-op once any connection has done it. The
+    switch needs an exclusive lock, and SQLite answers "database is locked" at once (without
+    the busy handler) when several connections open a fresh file together: try again for
+    up to :data:`SQLITE_BUSY_TIMEOUT_MS`. The waits block this thread; they happen only while
+    a fresh file is being created by several processes at once.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # noqa: BLE001 - the driver's adapted OperationalError
+            locked = "locked" in str(exc).lower() or "busy" in str(exc).lower()
+            if not locked or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _on_sqlite_begin(conn: Connection) -> None:

@@ -44,6 +44,7 @@ from sqlalchemy.types import TypeEngine
 
 from persistence.records import (
     MAX_IDEMPOTENCY_KEY,
+    MAX_NODE_ID,
     MAX_PACK_ID,
     MAX_STEP_ID,
     MAX_STEP_KEY,
@@ -115,8 +116,9 @@ class ExecutionRow(Base):
     __tablename__ = "executions"
     __table_args__ = (
         PrimaryKeyConstraint("execution_id", name="pk_executions"),
-        Index("ix_executions_status", "status"),
+        Index("ix_executions_status_created_at", "status", "created_at"),
         Index("ix_executions_workflow_pack_id_created_at", "workflow_pack_id", "created_at"),
+        Index("ix_executions_created_at_execution_id", "created_at", "execution_id"),
     )
 
     execution_id: Mapped[str] = mapped_column(String(36))
@@ -165,6 +167,7 @@ class StepCheckpointRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(MAX_IDEMPOTENCY_KEY), nullable=True)
     started_at: Mapped[datetime] = mapped_column(_tz(), nullable=False)
     ended_at: Mapped[datetime] = mapped_column(_tz(), nullable=False)
+    node_id: Mapped[str | None] = mapped_column(String(MAX_NODE_ID), nullable=True)
 
 
 #: Core ``Table`` objects; the store builds statements against these.
@@ -228,4 +231,5 @@ def checkpoint_from_row(row: RowMapping) -> StepCheckpoint:
         idempotency_key=row["idempotency_key"],
         started_at=as_utc(row["started_at"]),
         ended_at=as_utc(row["ended_at"]),
+        node_id=row["node_id"],
     )

@@ -79,6 +79,7 @@ MAX_STEP_KEY: Final = 512
 MAX_STEP_ID: Final = 200
 MAX_STEP_TYPE: Final = 32
 MAX_IDEMPOTENCY_KEY: Final = 300
+MAX_NODE_ID: Final = 64
 
 _MS = timedelta(milliseconds=1)
 
@@ -262,6 +263,8 @@ class StepCheckpoint:
         idempotency_key: key handed to side-effecting steps, at most 300 characters.
         started_at: when the attempt started (aware).
         ended_at: when it ended (aware).
+        node_id: the Ray node (hex id, at most 64 characters) the attempt ran on, or
+            ``None`` for steps evaluated in the ExecutionActor itself.
     """
 
     execution_id: str
@@ -275,6 +278,7 @@ class StepCheckpoint:
     idempotency_key: str | None
     started_at: datetime
     ended_at: datetime
+    node_id: str | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -296,5 +300,6 @@ class StepCheckpoint:
             "started_at": isoformat_z(self.started_at),
             "ended_at": isoformat_z(self.ended_at),
             "duration_ms": self.duration_ms,
+            "node_id": self.node_id,
         }
 

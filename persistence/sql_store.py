@@ -358,6 +358,7 @@ class SqlStore:
                 idempotency_key=checkpoint.idempotency_key,
                 started_at=_ts(as_utc(checkpoint.started_at)),
                 ended_at=_ts(as_utc(checkpoint.ended_at)),
+                node_id=checkpoint.node_id,
             )
             .on_conflict_do_nothing(index_elements=["execution_id", "step_key", "attempt"])
         )

@@ -22,6 +22,7 @@ from persistence.records import (
     EXECUTION_STATUSES,
     ISOLATION_MODES,
     MAX_IDEMPOTENCY_KEY,
+    MAX_NODE_ID,
     MAX_PACK_ID,
     MAX_STEP_ID,
     MAX_STEP_KEY,
@@ -170,6 +171,7 @@ def check_checkpoint(checkpoint: StepCheckpoint) -> StepCheckpoint:
     check_length("step_id", checkpoint.step_id, MAX_STEP_ID)
     check_length("step_type", checkpoint.step_type, MAX_STEP_TYPE)
     check_length("idempotency_key", checkpoint.idempotency_key, MAX_IDEMPOTENCY_KEY, required=False)
+    check_length("node_id", checkpoint.node_id, MAX_NODE_ID, required=False)
     if checkpoint.status not in STEP_STATUSES:
         raise ValueError(f"checkpoint status must be one of {sorted(STEP_STATUSES)}, got {checkpoint.status!r}")
     attempt: Any = checkpoint.attempt

@@ -104,9 +104,13 @@ def test_migration_creates_tables_and_reopening_is_a_no_op(database_url: str) ->
                 fks = await conn.run_sync(lambda c: inspect(c).get_foreign_keys("step_checkpoints"))
                 revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
             assert {"packs", "executions", "step_checkpoints", "alembic_version"} <= tables
-            assert {"ix_executions_status", "ix_executions_workflow_pack_id_created_at"} <= indexes
+            assert {
+                "ix_executions_status_created_at",
+                "ix_executions_workflow_pack_id_created_at",
+                "ix_executions_created_at_execution_id",
+            } <= indexes
             assert fks[0]["referred_table"] == "executions" and fks[0]["options"].get("ondelete") == "CASCADE"
-            assert revision == "0001"
+            assert revision == "0002"
             run = await new_run(again)
             assert (await store.get_execution(run.execution_id)).execution_id == run.execution_id
         finally:
@@ -360,10 +364,14 @@ def test_write_checkpoint_first_write_wins(store_url: str) -> None:
         stored = await store.load_checkpoints(run.execution_id)
         assert [(c.step_key, c.attempt, c.outputs) for c in stored] == [(cp.step_key, 1, {"ok": True})]
         # a new attempt of the same step is a new row; its key is not listed twice
-        retry = checkpoint(run.execution_id, cp.step_key, attempt=2, outputs=[1, "two", None])
+        retry = dataclass_replace(
+            checkpoint(run.execution_id, cp.step_key, attempt=2, outputs=[1, "two", None]), node_id="ab12" * 14
+        )
         assert await store.write_checkpoint(retry, owner_epoch=run.owner_epoch, completed_step=cp.step_key)
         assert (await store.get_execution(run.execution_id)).completed_steps == [cp.step_key]
-        assert [c.attempt for c in await store.load_checkpoints(run.execution_id)] == [1, 2]
+        stored = await store.load_checkpoints(run.execution_id)
+        assert [(c.attempt, c.node_id) for c in stored] == [(1, None), (2, "ab12" * 14)]
+        assert stored[1].to_dict()["node_id"] == "ab12" * 14
 
     with_store(store_url, body)
 
