@@ -36,7 +36,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
@@ -196,7 +196,7 @@ def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_pre_ping=True,
         pool_size=pool_size,
@@ -204,6 +204,30 @@ def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         json_serializer=json_dumps,
     )
+    event.listen(engine.sync_engine, "handle_error", _on_pg_error)
+    return engine
+
+
+def is_broken_protocol_error(exc: BaseException | None) -> bool:
+    """True for asyncpg's ``InternalClientError`` ("another operation is in progress").
+
+    asyncpg raises it instead of "connection is closed" when the server ends a session in
+    the middle of a transaction (a restart, ``pg_terminate_backend``). The connection is
+    unusable from then on, but SQLAlchemy does not count it as a disconnect, so without
+    :func:`_on_pg_error` it would go back to the pool and fail every later checkout.
+    """
+    while exc is not None:
+        if type(exc).__name__ == "InternalClientError" or "another operation is in progress" in str(exc):
+            return True
+        exc = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else None
+    return False
+
+
+def _on_pg_error(context: ExceptionContext) -> None:
+    # Also called for pool pre-ping failures: marking the error a disconnect makes the pool
+    # throw the connection away and open a new one instead of raising.
+    if is_broken_protocol_error(context.original_exception) or is_broken_protocol_error(context.sqlalchemy_exception):
+        context.is_disconnect = True
 
 
 def _reason(exc: BaseException, url: URL) -> str:

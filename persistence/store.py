@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from dsl.errors import ConfigurationError
 from persistence.engine import SETTING, check_schema, create_engine_for, normalize_url, probe, run_migrations
@@ -268,25 +268,56 @@ class Store(Protocol):
         ...
 
 
+#: SQLSTATE codes that mean "the server went away or is not taking connections yet":
+#: class 08 (connection exception) by prefix, plus admin/crash shutdown, "cannot connect
+#: now" (starting up or shutting down) and too many connections.
+_TRANSIENT_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+_TRANSIENT_NAMES: Final = (
+    "ConnectionDoesNotExist",
+    "CannotConnectNow",
+    "AdminShutdown",
+    "CrashShutdown",
+    "InternalClientError",
+    "TooManyConnections",
+)
+
+
 def is_transient_error(exc: BaseException) -> bool:
     """True when ``exc`` means the database was unreachable or the connection was lost.
 
     Such a write may succeed if tried again (the server restarts, SQLite's lock frees); any
     other error (a value the database refuses, a constraint) will fail the same way again.
+
+    The whole cause chain is examined (``exc``, the driver error SQLAlchemy wraps in
+    ``.orig``, and their ``__cause__``): SQLAlchemy's asyncpg adapter turns e.g. asyncpg's
+    ``CannotConnectNowError`` ("the database system is shutting down") into a generic
+    ``Error`` whose cause is the real one.
     """
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen or len(seen) > 16:
+            continue
+        seen.add(id(link))
+        if isinstance(link, (ConnectionError, TimeoutError, OSError)):
             return True
-        cause = type(exc.orig).__name__ if exc.orig is not None else ""
-        return any(word in cause for word in ("Connection", "CannotConnectNow", "AdminShutdown", "CrashShutdown"))
-    cause = type(exc).__name__
-    return any(word in cause for word in ("ConnectionDoesNotExist", "CannotConnectNow", "AdminShutdown", "InterfaceError"))
+        if isinstance(link, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+            return True
+        if isinstance(link, sa_exc.DBAPIError):
+            if link.connection_invalidated or isinstance(link, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+                return True
+            pending.append(link.orig)
+        sqlstate = str(getattr(link, "sqlstate", "") or "")
+        if sqlstate.startswith("08") or sqlstate in _TRANSIENT_SQLSTATES:
+            return True
+        name = type(link).__name__
+        if name == "InterfaceError" or any(word in name for word in _TRANSIENT_NAMES):
+            return True
+        pending.append(link.__cause__)
+    return False
 
 
 async def open_store(url: str, *, migrate: bool = True, pool_size: int = 5) -> Store:
