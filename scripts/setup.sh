@@ -24,3 +24,20 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# promtool (Debian's prometheus package) checks and tests the alerting rules in
+# deploy/prometheus; only the tool is wanted, so the service the package enables is stopped.
+if ! command -v promtool >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing promtool (apt package prometheus)" >&2
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if command -v systemctl >/dev/null 2>&1; then
+      $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    $SUDO service prometheus stop >/dev/null 2>&1 || true
+  else
+    echo "setup: promtool not found and apt-get is not available; install Prometheus' promtool to run tests/unit/test_alert_rules.py" >&2
+  fi
+fi
