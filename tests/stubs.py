@@ -13,7 +13,9 @@ prefix (exact routes win over prefix routes). A route's behaviour is one of:
   ``N`` requests get ``S`` (and ``B``), every later one gets ``then``;
 * ``"hang"`` or ``{"hang": True}``: never answers; the connection is dropped at :meth:`stop`;
 
-plus, with any of them, ``"delay_ms"``: wait that long before answering.
+plus, with any of them, ``"delay_ms"``: wait that long before answering. In the strings of
+a ``respond`` body, ``<request-url>`` is replaced by the URL the request was sent to (an
+upstream that echoes its URL in an error, as many do).
 
 Every request is recorded (route key, method, path, headers, parsed body, ``time.monotonic()``
 at arrival) under a lock, before it is answered. A request no route matches is recorded
@@ -99,6 +101,17 @@ def _normalise(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def _with_url(value: Any, url: str) -> Any:
+    """``value`` with ``<request-url>`` in its strings replaced by ``url``."""
+    if isinstance(value, str):
+        return value.replace("<request-url>", url)
+    if isinstance(value, dict):
+        return {k: _with_url(v, url) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_url(v, url) for v in value]
+    return value
+
+
 class StubServer:
     """Stub upstream services on one loopback port; see the module docstring.
 
@@ -175,7 +188,10 @@ class StubServer:
                     stub._stopping.wait()
                     self.close_connection = True
                     return
-                self._send(*answer)
+                status, answer_body, answer_headers = answer
+                if answer_body is not ...:
+                    answer_body = _with_url(answer_body, stub.url + self.path)
+                self._send(status, answer_body, answer_headers)
 
             def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
                 data = b"" if body is ... else json.dumps(body).encode()

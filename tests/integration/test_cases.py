@@ -14,6 +14,7 @@ returning (the run is stored and handed to its host: our "202 of execute").
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -684,3 +685,87 @@ def test_case24_dependency_cycles_and_unknown_dependencies_are_rejected(
     for part in parts:
         assert part in text, (part, text)
     assert all(part in str(error) for part in parts)
+
+
+# --- case 28: secrets must not reach logs or stored state --------------------------------------------------
+
+HOOK_TOKEN = "tok_hook_5e0d1a93"
+PAYMENT_KEY = "sk_pay_c41f77b2"
+CARD_TOKEN = "ctok_card_0a9be316"
+SECRET_HYGIENE = _pack(
+    "secret-hygiene",
+    inputs={"card_token": {"type": "string", "secret": True}},
+    steps=[
+        _call(
+            "call-hook",
+            "hooks",
+            "/v1/hooks/${ secrets.HOOK_TOKEN }",
+            headers={"Authorization": "Bearer ${ secrets.PAYMENT_API_KEY }"},
+            inputs={"card": "${ inputs.card_token }"},
+        )
+    ],
+)
+
+
+def test_case28_secrets_reach_the_upstream_but_no_log_or_stored_state(
+    engine_db: str, make_client: Any, stubs: Any, tmp_path: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Case 28 (fault catalogue, Kestra #8092): named secrets (``${ secrets.NAME }``, from the
+    secrets file) and a ``secret: true`` input reach the upstream in the URL, a header and the
+    body; the upstream's 500 echoes the URL. None of the three values is then found in the
+    executions or step_checkpoints rows (every column), the status record, the step history,
+    the events, the error, the engine's logs or any file of Ray's session log folder."""
+    from actors.driver import read_record
+    from persistence.store import open_store
+    from serve_app.schemas import step_history
+    from tests.leaks import dump_rows, occurrences, ray_log_files
+
+    secrets_file = tmp_path / "secrets.yaml"
+    secrets_file.write_text(f"HOOK_TOKEN: {HOOK_TOKEN}\nPAYMENT_API_KEY: {PAYMENT_KEY}\n")
+    stub = stubs({"hooks POST /v1/hooks/*": {"respond": [{"status": 500, "body": {"error": "upstream failed for <request-url>"}}]}})
+    client = make_client(engine_db, stub.registry(), secrets_file=str(secrets_file))
+    record, _ = _run(client, SECRET_HYGIENE, {"card_token": CARD_TOKEN}, {"timeout_seconds": 30, "max_retries": 0})
+    execution_id = record["execution_id"]
+    _settle()
+
+    # The upstream got the real values.
+    assert record["status"] == "failed", record
+    [request] = stub.requests("hooks POST /v1/hooks/*")
+    assert HOOK_TOKEN in request.path and request.headers["Authorization"] == f"Bearer {PAYMENT_KEY}"
+    assert request.body == {"card": CARD_TOKEN}
+    # The echoed URL reached the engine and was masked, not dropped.
+    assert record["error_detail"]["body_excerpt"] == json.dumps({"error": f"upstream failed for {stub.url}/hooks/v1/hooks/***"})
+
+    async def stored() -> tuple[Any, list[Any], dict[str, Any]]:
+        store = await open_store(engine_db, pool_size=1)
+        try:
+            run = await store.get_execution(execution_id)
+            return run, await store.load_checkpoints(execution_id), await store.load_secret_inputs(execution_id)
+        finally:
+            await store.close()
+
+    run, checkpoints, secret_inputs = asyncio.run(stored())
+    db_record = asyncio.run(read_record(engine_db, execution_id))
+    rows = dump_rows(engine_db)
+    assert execution_id in rows and run.inputs == {"card_token": "***"}  # the dump holds this run; inputs masked
+    assert secret_inputs == {}  # the secret store let go of the value when the run ended
+    history = step_history(run, checkpoints)  # what GET .../steps answers
+    events = client.events(execution_id)["events"]
+    assert any(e["type"] == "step.failed" for e in events)
+
+    def log_text() -> str:
+        return "\n".join(p.read_text(errors="replace") for p in ray_log_files())
+
+    _wait_until(lambda: execution_id in log_text(), 15, "the engine's log lines of this run in Ray's log folder")
+    values = [HOOK_TOKEN, PAYMENT_KEY, CARD_TOKEN]
+    assert occurrences(
+        values,
+        database=rows,
+        status=client.status(execution_id),
+        stored_record=db_record,
+        step_history=history,
+        events=events,
+        error=[record["error"], record["error_detail"]],
+        ray_logs=log_text(),
+        test_process_output=capfd.readouterr(),
+    ) == []
