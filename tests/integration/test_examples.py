@@ -105,7 +105,8 @@ def run_example(engine_sqlite_url: str, demo_services: Any, make_client: Any) ->
 
     Faults are set on the session's demo services for the run and cleared afterwards.
     """
-    client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
+    # batch-scoring's task steps import examples.tasks: its header sets CORTX_TASK_MODULES so.
+    client = make_client(engine_sqlite_url, demo_registry(demo_services.url), task_modules=("examples.tasks",))
 
     def run(name: str, inputs: dict[str, Any] | None = None, faults: list[Any] = ()) -> _Run:
         demo_services.set_faults(list(faults))
@@ -397,3 +398,32 @@ def test_compensation_undoes_completed_steps_latest_first(run_example: Any) -> N
     assert clean.status == "completed", clean.record
     assert all(clean.outputs[k].startswith("le-") for k in ("reservation", "debit", "credit"))
     assert clean.log_keys() == ["reserve-funds", "debit-source", "confirm-transfer", "credit-target"]
+
+
+# --- Python tasks on the cluster ------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_batch_scoring_scores_items_as_parallel_ray_tasks(run_example: Any, engine_sqlite_url: str) -> None:
+    from examples.tasks import score_item
+
+    inputs = _inputs("batch-scoring")
+    run = run_example("batch-scoring")
+    assert run.status == "completed", run.record
+    expected = [score_item(item) for item in inputs["items"]]  # the same function, here in the test
+    assert [entry["score"] for entry in run.outputs["scores"]] == expected
+    assert run.outputs["approved"] == [s["id"] for s in expected if s["score"] >= 0.9]
+    assert run.outputs["rejected"] == [s["id"] for s in expected if s["score"] < 0.9]
+    assert set(run.outputs["approved"]) == {"APP-101", "APP-105", "APP-107"}
+    assert run.outputs["mean_score"] == round(sum(s["score"] for s in expected) / len(expected), 4)
+    assert run.calls("/validation/v1/item") == 0  # no service was called: the work ran as Python tasks
+
+    checkpoints = [
+        cp for cp in _checkpoints(engine_sqlite_url, run.execution_id) if cp.step_key.startswith("score-items[")
+    ]
+    assert len(checkpoints) == 8 and all(cp.status == "completed" and cp.step_type == "task" for cp in checkpoints)
+    assert all(cp.node_id for cp in checkpoints)  # each ran as a Ray task on a node of the cluster
+    # max_concurrency 4: several iterations' tasks were in flight at once, never more than 4.
+    spans = sorted((cp.started_at, cp.ended_at) for cp in checkpoints)
+    in_flight = [sum(1 for s, e in spans if s <= start < e) for start, _ in spans]
+    assert 2 <= max(in_flight) <= 4, spans
