@@ -54,6 +54,21 @@ def api(request: pytest.FixtureRequest, ray_session: None, demo_services: Any, t
 # --------------------------------------------------------------------------- helpers
 
 
+async def _forget_stored_events(database_url: str, execution_id: str) -> None:
+    """Delete a run's outbox events, as for a run that ran before the outbox existed."""
+    from sqlalchemy import delete
+
+    from persistence.models import EXECUTION_EVENTS
+    from persistence.store import open_store
+
+    store = await open_store(database_url)
+    try:
+        async with store.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(delete(EXECUTION_EVENTS).where(EXECUTION_EVENTS.c.execution_id == execution_id))
+    finally:
+        await store.close()
+
+
 def path_pack(pack_id: str, endpoint: str) -> dict[str, Any]:
     """The echo pack calling ``/echo<endpoint>``: a path of its own for faults."""
     pack = echo_pack(pack_id)
@@ -233,7 +248,7 @@ def test_events_of_a_running_run_and_its_stream_until_the_run_ends(api: Api, dem
                 return body if ("step.started", "ping", 1) in kinds(body["events"]) else None
 
             running = wait_until(step_started, what="step.started")
-            assert running["status"] == "running" and running["source"] == "host" and running["done"] is False
+            assert running["status"] == "running" and running["source"] == "outbox" and running["done"] is False
             assert running["events"][0]["type"] == "execution.started" and running["events"][0]["seq"] == 1
             assert all(e["at"].endswith("Z") for e in running["events"])
             later = reader.get(events_path, params={"after": 1}).json()
@@ -252,9 +267,9 @@ def test_events_of_a_running_run_and_its_stream_until_the_run_ends(api: Api, dem
         assert any(c.startswith(": keep-alive") for c in comments), comments
         assert reader.get(f"/v1/workflows/executions/{execution_id}").json()["status"] == "completed"
 
-        # Finished, still held by its host: the same events, done.
+        # Finished: the same events from the outbox, done.
         finished = reader.get(events_path).json()
-        assert finished["source"] == "host" and finished["done"] is True and finished["status"] == "completed"
+        assert finished["source"] == "outbox" and finished["done"] is True and finished["status"] == "completed"
         assert kinds(finished["events"]) == kinds(events)
 
         # Resume: Last-Event-ID (or ?after=) sends only what came after; nothing after the last event.
@@ -283,6 +298,20 @@ def test_events_of_a_finished_run_no_host_holds_are_rebuilt_from_checkpoints(api
         kill_hosts(api.namespace)  # the events in memory are gone with the host
 
         events_path = f"/v1/workflows/executions/{execution_id}/events"
+        # The outbox keeps every event, numbered without gaps, whatever happened to the host.
+        stored = client.get(events_path).json()
+        assert stored["source"] == "outbox" and stored["done"] is True and stored["more"] is False
+        assert kinds(stored["events"]) == [
+            ("execution.started", None, None), ("step.started", "ping", 1), ("step.failed", "ping", 1),
+            ("step.retrying", "ping", 1), ("step.started", "ping", 2), ("step.completed", "ping", 2),
+            ("execution.completed", None, None)]
+        assert [e["seq"] for e in stored["events"]] == list(range(1, 8))
+        assert all(e["event_id"].startswith("evt_") and "synthesized" not in e for e in stored["events"])
+        streamed, _ = read_stream(client, f"{events_path}/stream", headers={"Last-Event-ID": "5"})
+        assert [e["data"] for e in streamed] == stored["events"][5:]
+
+        # A run without stored events (it ran before the outbox existed): rebuilt from checkpoints.
+        asyncio.run(_forget_stored_events(api.database_url, execution_id))
         body = client.get(events_path).json()
         assert body["source"] == "checkpoints" and body["done"] is True and body["status"] == "completed"
         expected = [("execution.started", None, None), ("step.failed", "ping", 1), ("step.completed", "ping", 2),
@@ -347,7 +376,9 @@ def test_the_stream_of_a_run_no_host_runs_follows_the_database_until_it_ends(api
         assert not reader_thread.is_alive(), "the stream did not end with the run"
     events, comments = result["stream"]
     assert events[0]["event"] == "execution.started" and events[-1]["event"] == "execution.cancelled"
-    assert all(e["data"]["synthesized"] for e in events)
+    # Never claimed when the stream began: it waited on the outbox, which the claim then wrote to.
+    assert not any(e["data"].get("synthesized") for e in events)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
     assert [e["id"] for e in events] == sorted({e["id"] for e in events})
     assert any(c.startswith(": keep-alive") for c in comments)
 
@@ -396,8 +427,11 @@ def test_the_stream_survives_its_host_going_away_or_restarting(api: Api, demo_se
     assert final["status"] == ("completed" if restart else "cancelled")
     assert kinds(events)[:2] == [("execution.started", None, None), ("step.started", "ping", 1)]
     assert events[-1]["event"] == f"execution.{final['status']}"
-    assert len(set(kinds(events))) == len(events), kinds(events)
-    assert [e["id"] for e in events] == sorted({e["id"] for e in events})
+    # From the outbox: every event once, numbered without gaps across the host's death; the
+    # new owner's claim is an event too (attempts it started again are events of their own).
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1)), kinds(events)
+    if restart:
+        assert ("execution.resumed", None, None) in kinds(events)
 
 
 # --------------------------------------------------------------------------- auth and errors
