@@ -108,24 +108,30 @@ class ApiServer:
 @contextlib.contextmanager
 def running_api(
     request: Any, demo_url: str, tmp_path_factory: Any, label: str, *, keys: dict[str, list[str]] | None = None,
-    timeout_s: float = 120.0, **app_options: Any,
+    timeout_s: float = 120.0, database_url: str | None = None, settings: dict[str, Any] | None = None,
+    **app_options: Any,
 ) -> Iterator[Api]:
     """The API with keys, served by uvicorn, on the database ``request.param`` names.
 
-    ``request.param`` is ``sqlite`` (a fresh file) or ``postgres`` (the session database);
-    the app's hosts get a Ray namespace of their own and are killed afterwards.
+    ``request.param`` is ``sqlite`` (a fresh file) or ``postgres`` (the session database),
+    unless ``database_url`` is given; ``settings`` overrides engine settings. The app's
+    hosts get a Ray namespace of their own and are killed afterwards.
     """
     from actors.settings import Settings
     from serve_app.api import create_app
     from tests.conftest import demo_registry
 
-    if request.param == "sqlite":
+    if database_url is None and request.param == "sqlite":
         database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp(label) / f'{label}.db'}"
-    else:
+    elif database_url is None:
         database_url = request.getfixturevalue("postgres_url")
     namespace = f"{label}-{uuid.uuid4().hex[:8]}"
-    settings = Settings(database_url=database_url, execution_hosts=1, workflow_timeout_seconds=timeout_s)
-    app = create_app(settings, demo_registry(demo_url), api_keys=keys or KEYS, namespace=namespace, **app_options)  # type: ignore[arg-type]
+    # The session database keeps runs of hosts killed at other tests' ends ``running``:
+    # a limit no test reaches unless it sets its own.
+    fields: dict[str, Any] = {"execution_hosts": 1, "workflow_timeout_seconds": timeout_s,
+                              "max_concurrent_executions": 100_000, **(settings or {})}
+    engine_settings = Settings(database_url=database_url, **fields)
+    app = create_app(engine_settings, demo_registry(demo_url), api_keys=keys or KEYS, namespace=namespace, **app_options)  # type: ignore[arg-type]
     server = serve_in_thread(app)
     try:
         yield Api(server.url, database_url, namespace)
