@@ -20,8 +20,9 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "serve_app.
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    merged = {**os.environ, **(env or {})}
+    merged = {**os.environ}
     merged.pop("RAY_ADDRESS", None)
+    merged.update(env or {})
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=merged, timeout=timeout, cwd=ROOT)
 
 
@@ -165,6 +166,15 @@ def test_unreachable_database_is_one_line_before_ray_starts(tmp_path: Path) -> N
                  env={"DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"}, timeout=60)
     assert result.returncode == 1
     assert result.stderr.count("\n") <= 2 and "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_ray_address_is_one_line_at_once(tmp_path: Path) -> None:
+    # ray.init alone would keep trying for minutes: the subprocess timeout catches a hang.
+    result = cli("run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json",
+                 env={"RAY_ADDRESS": "127.0.0.1:1", "DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "RAY_ADDRESS" in result.stderr and "127.0.0.1:1" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") <= 2
 
 
 def test_demo_services_refuse_a_port_out_of_range() -> None:

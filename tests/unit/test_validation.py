@@ -304,3 +304,62 @@ def test_input_schema_refs_stay_inside_the_pack() -> None:
     with pytest.raises(InputValidationError):
         validate_inputs(ok, {"x": "not a number"})
     assert validate_inputs(ok, {"x": 3}) == {"x": 3}
+
+
+def _schema_pack(inputs: dict) -> dict:
+    return {"id": "p", "name": "p", "version": "1", "inputs": inputs,
+            "steps": [{"id": "a", "type": "service_call", "service": "s"}]}
+
+
+def test_input_patterns_cannot_backtrack_catastrophically() -> None:
+    """A ReDoS pattern and input: Python's re would take minutes; RE2 answers at once."""
+    import threading
+
+    from dsl.errors import InputValidationError
+
+    pack = validate_document(_schema_pack({
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}},
+        "patternProperties": {"^(x+x+)+y$": {"type": "integer"}},
+        "additionalProperties": False,
+    })).pack
+    evil = "a" * 40 + "!"
+    outcome: list[BaseException | dict] = []
+
+    def check() -> None:
+        try:
+            outcome.append(validate_inputs(pack, {"code": evil, "x" * 40 + "y": 1, "x" * 40: 2}))
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(10)  # generous: it takes well under a millisecond; with re it would not end
+    assert not worker.is_alive(), "input validation backtracked"
+    assert isinstance(outcome[0], InputValidationError)
+    pointers = {i.pointer for i in outcome[0].issues}
+    assert pointers == {"/code", ""}, outcome[0].issues  # the bad code; the extra key
+    assert validate_inputs(pack, {"code": "aaa", "xxy": 5}) == {"code": "aaa", "xxy": 5}
+    with pytest.raises(InputValidationError):
+        validate_inputs(pack, {"xxy": "not an integer"})
+
+
+def test_patterns_that_need_backtracking_are_refused_with_their_pointer() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(_schema_pack({
+            "type": "object",
+            "properties": {
+                "ref": {"type": "string", "pattern": "(ab)\\1"},
+                "ahead": {"type": "string", "pattern": "^(?=x)x+$"},
+            },
+            "patternProperties": {"(?<=a)b": {}},
+            "unevaluatedProperties": False,
+        }))
+    found = {(i.code, i.pointer) for i in caught.value.issues}
+    assert found == {
+        ("unsupported_pattern", "/inputs/properties/ref/pattern"),
+        ("unsupported_pattern", "/inputs/properties/ahead/pattern"),
+        ("unsupported_pattern", "/inputs/patternProperties/(?<=a)b"),
+        ("unsupported_pattern", "/inputs/unevaluatedProperties"),
+    }, found
+    assert all("linear time" in i.message or "additionalProperties" in i.message for i in caught.value.issues)
