@@ -1,7 +1,8 @@
 """The engine: ExecutionActors in ExecutionHosts on Ray, the scheduler, the driver API.
 
-Public surface for driver scripts and notebooks: :class:`WorkflowClient` (start, watch,
-wait for, read and cancel runs) and :class:`Settings`. The Ray-facing modules
+Public surface for driver scripts and notebooks: :class:`WorkflowClient` (deploy packs;
+start, watch, wait for, read, list and cancel runs; read step histories; ``docs/driver.md``)
+and :class:`Settings`. The Ray-facing modules
 (``actors.host``, ``actors.tasks``) are imported lazily, so importing this package does not
 start or require Ray.
 """

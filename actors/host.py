@@ -26,19 +26,28 @@ from typing import Any
 
 import ray
 
+from actors import metrics
 from actors.execution import ExecutionActor, status_record
 from actors.logs import configure_json_logging
 from actors.registry import ServiceRegistry
 from actors.scheduler import ServiceRequest
 from actors.settings import Settings
-from actors.tasks import service_call_task
+from actors.task_step import TaskRequest
+from actors.tasks import service_call_task, task_step_task
 from dsl.errors import FencedError
+from dsl.models import WorkflowPack
+from dsl.secrets import split_secret_inputs
 from dsl.state import ExecutionStatus, is_terminal
 from persistence.store import Store, open_store
 
 __all__ = ["ExecutionHost", "RayStepRunner", "dedicated_host_name", "get_host", "shared_host_name"]
 
 log = logging.getLogger("cortx.host")
+
+#: Seconds between a host's admission passes (queued runs let in, unclaimed ones handed over).
+ADMISSION_POLL_S = 1.0
+#: A run admitted this many s ago that no host has claimed is handed over again.
+UNCLAIMED_AFTER_S = 5.0
 
 #: Final records kept in memory per host for ``wait`` after a run ended.
 FINISHED_KEPT = 10_000
@@ -59,22 +68,35 @@ class RayStepRunner:
 
     Args:
         num_cpus: CPUs Ray reserves per step task (a fraction: the work is mostly I/O).
+        secrets_file: where step tasks read named secrets (``Settings.secrets_file``).
+        task_modules: the ``task`` step allowlist, checked again in the worker.
+        namespace: the deployment's Ray namespace, where drivers register task functions.
     """
 
-    def __init__(self, num_cpus: float) -> None:
+    def __init__(
+        self,
+        num_cpus: float,
+        secrets_file: str | None = None,
+        task_modules: tuple[str, ...] = (),
+        namespace: str | None = None,
+    ) -> None:
         self._num_cpus = num_cpus
+        self._secrets_file = secrets_file
+        self._task_modules = task_modules
+        self._namespace = namespace
 
     async def call_service(self, request: ServiceRequest) -> dict[str, Any]:
         """Submit one service call attempt as a Ray task and await it.
 
         Returns:
-            The :func:`actors.http_call.call_http` result; a task that died (worker killed,
-            node lost) is reported as a retryable ``task_error``.
+            The :func:`actors.http_call.call_http` result with the ``node_id`` of the node
+            the task ran on; a task that died (worker killed, node lost) is reported as a
+            retryable ``task_error`` without a ``node_id`` (where it ran is not known).
         """
         ref = service_call_task.options(
             name=f"step {request.step_key} #{request.attempt} [{request.execution_id[:8]}]",
             num_cpus=self._num_cpus,
-        ).remote(request.call_kwargs())
+        ).remote(request.call_kwargs(), self._secrets_file, request.webhook)
         try:
             return await ref
         except asyncio.CancelledError:
@@ -92,6 +114,39 @@ class RayStepRunner:
                 },
             }
 
+    async def run_task(self, request: TaskRequest) -> dict[str, Any]:
+        """Submit one ``task`` step attempt as a Ray task with its resources, and await it.
+
+        A registered function is fetched (pickled) from the namespace's task registry and
+        travels with the task (``actors.task_registry``).
+
+        Returns:
+            :func:`actors.task_step.perform_task`'s outcome with ``node_id``; a task that
+            died is a retryable ``task_error``, as for :meth:`call_service`.
+        """
+        from actors import task_registry
+
+        pickled = await task_registry.fetch(request.function, self._namespace) if request.registered else None
+        ref = task_step_task.options(**request.ray_options()).remote(
+            request.function, request.kwargs, self._task_modules, pickled
+        )
+        try:
+            return await ref
+        except asyncio.CancelledError:
+            # Run cancelled, sibling failed or step timeout: stop the task, not just our wait.
+            ray.cancel(ref, force=True)
+            raise
+        except ray.exceptions.RayError as exc:
+            return {
+                "ok": False,
+                "error": {
+                    "kind": "task_error",
+                    "message": f"the task of function {request.function!r} failed: {type(exc).__name__}",
+                    "retryable": True,
+                    "status": None,
+                },
+            }
+
 
 class ExecutionHost:
     """Hosts ExecutionActors; one asyncio task per run. Use through Ray (see :func:`get_host`).
@@ -100,21 +155,31 @@ class ExecutionHost:
         settings: engine settings.
         registry: service registry used by the runs of this host.
         dedicated: True for a one-run host that exits when its run ends.
+        namespace: the Ray namespace the host lives in (inside an actor, the runtime
+            context names the job's namespace instead).
     """
 
-    def __init__(self, settings: Settings, registry: ServiceRegistry, name: str, dedicated: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, registry: ServiceRegistry, name: str, dedicated: bool = False, namespace: str | None = None
+    ) -> None:
         configure_json_logging()
         self._settings = settings
         self._registry = registry
         self._name = name
         self._dedicated = dedicated
-        self._runner = RayStepRunner(settings.step_task_num_cpus)
+        self._namespace = namespace
+        self._runner = RayStepRunner(
+            settings.step_task_num_cpus, settings.secrets_file, settings.task_modules, namespace=namespace
+        )
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
         self._runs: dict[str, ExecutionActor] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._finished: OrderedDict[str, ExecutionActor] = OrderedDict()
         self._recovered: asyncio.Task[list[str]] | None = None
+        self._reporter: asyncio.Task[None] | None = None  # the active/overdue gauges (FDD §10.1)
+        self._supervisor: asyncio.Task[None] | None = None  # admission passes (FDD §9.2)
+        self._delivery: asyncio.Task[None] | None = None  # event subscriptions (actors.events_delivery)
         if _reconstructed():
             # Ray restarted this host after its process died: its runs are in the database,
             # not in memory. Host them again (each claim fences any stale owner).
@@ -148,6 +213,9 @@ class ExecutionHost:
         async with self._store_lock:
             if self._store is None:
                 self._store = await open_store(self._settings.store_url, pool_size=self._settings.db_pool_size)
+                if not self._dedicated:
+                    self._ensure_supervisor()
+                    self._ensure_delivery()
             return self._store
 
     async def ready(self) -> str:
@@ -168,18 +236,104 @@ class ExecutionHost:
         """
         store = await self._get_store()
         pack = request["pack"]
+        # `secret: true` inputs go to the secret store; the run's record holds "***" for them.
+        inputs, secret_inputs = split_secret_inputs(
+            WorkflowPack.model_validate(pack).input_schema(), request.get("inputs") or {}
+        )
         record = await store.create_execution(
             execution_id=request.get("execution_id") or str(uuid.uuid4()),
             workflow_pack_id=str(pack["id"]),
             version=str(pack["version"]),
             pack_document=pack,
-            inputs=request.get("inputs") or {},
+            inputs=inputs,
+            secret_inputs=secret_inputs,
             options=request.get("options") or {},
             isolation=request.get("isolation") or "shared",
-            status=ExecutionStatus.RUNNING.value,
+            status=ExecutionStatus.QUEUED.value,
         )
-        self._start(record.execution_id)
+        # Admission (FDD §9.2): the run starts now if a slot is free, else when one frees.
+        for admitted in await self._admit():
+            if admitted.execution_id == record.execution_id:
+                record = admitted
         return status_record(record, self._settings)
+
+    # --- admission (FDD §9.2, persistence.admission) ---------------------------------------
+
+    async def _admit(self) -> list[Any]:
+        """Admit queued runs while slots are free and make their hosts start them."""
+        store = await self._get_store()
+        admitted = await store.admit_queued(self._settings.max_concurrent_executions)
+        for record in admitted:
+            self._hand_over(record.execution_id, record.isolation)
+        return admitted
+
+    def _hand_over(self, execution_id: str, isolation: str) -> None:
+        """Start an admitted run here if this host owns it, else tell its owner to."""
+        if self._owns(execution_id, isolation):
+            if execution_id not in self._runs:
+                self._start(execution_id)
+            return
+        owner = get_host(
+            self._settings,
+            self._registry,
+            execution_id=execution_id,
+            isolation=isolation,
+            namespace=self._namespace,
+        )
+        # Fire and forget (dropping the ref does not cancel the call): if the owner dies
+        # before it claims the run, the run stays running-but-unclaimed and a supervisor
+        # pass hands it over again.
+        owner.resume.remote(execution_id)
+
+    async def _supervise(self) -> None:
+        """Every ``ADMISSION_POLL_S`` s: admit queued runs, re-hand-over unclaimed ones, report the queue."""
+        while True:
+            await asyncio.sleep(ADMISSION_POLL_S)
+            try:
+                store = await self._get_store()
+                await self._admit()
+                for execution_id, isolation in await store.unclaimed_running(UNCLAIMED_AFTER_S):
+                    # Shared host 0 also speaks for dedicated runs, whose hosts may not exist.
+                    speaks_for = self._owns(execution_id, isolation) or (
+                        isolation == "dedicated" and self._name == shared_host_name(0)
+                    )
+                    if speaks_for:
+                        self._hand_over(execution_id, isolation)
+                metrics.record_queue_depth((await store.count_by_status(("queued",)))["queued"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next pass tries again (database down, ...)
+                log.warning("admission pass failed", exc_info=True)
+
+    def _ensure_supervisor(self) -> None:
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    def _ensure_delivery(self) -> None:
+        """Deliver the events of the runs this host owns (host 0: dedicated runs too) to the subscriptions."""
+        from actors.events_delivery import EventDelivery, ledger_subscription
+
+        subscriptions = list(self._settings.event_subscriptions)
+        ledger = ledger_subscription(self._registry) if self._settings.ledger_audit else None
+        if ledger is not None:
+            subscriptions.append(ledger)
+        if not subscriptions or (self._delivery is not None and not self._delivery.done()):
+            return
+
+        def delivers(execution_id: str, isolation: str) -> bool:
+            return self._owns(execution_id, isolation) or (
+                isolation == "dedicated" and self._name == shared_host_name(0)
+            )
+
+        assert self._store is not None
+        loop = EventDelivery(self._store, subscriptions, owns=delivers, secrets_file=self._settings.secrets_file)
+        self._delivery = asyncio.get_running_loop().create_task(loop.run_forever())
+
+    async def queue(self) -> dict[str, int]:
+        """``{"max_concurrent_executions", "running", "queued"}`` for the whole deployment (FDD §10)."""
+        store = await self._get_store()
+        counts = await store.count_by_status(("running", "queued"))
+        return {"max_concurrent_executions": self._settings.max_concurrent_executions, **counts}
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         """Host an existing, unfinished execution again (it continues from its checkpoints)."""
@@ -197,6 +351,9 @@ class ExecutionHost:
         self._runs[execution_id] = actor
         task = asyncio.create_task(self._drive(actor), name=f"run {execution_id}")
         self._tasks[execution_id] = task
+        if self._reporter is None:
+            self._reporter = asyncio.create_task(metrics.report_hosted_forever(lambda: list(self._runs.values())))
+        metrics.report_hosted(list(self._runs.values()))
 
     async def _drive(self, actor: ExecutionActor) -> None:
         try:
@@ -211,11 +368,20 @@ class ExecutionHost:
         finally:
             self._runs.pop(actor.execution_id, None)
             self._tasks.pop(actor.execution_id, None)
+            metrics.report_hosted(list(self._runs.values()))
             self._finished[actor.execution_id] = actor
             while len(self._finished) > FINISHED_KEPT:
                 self._finished.popitem(last=False)
+            if actor.final is not None:  # a slot is free: let the oldest queued run in
+                asyncio.get_running_loop().create_task(self._admit_quietly())
             if self._dedicated:
                 asyncio.get_running_loop().call_later(30.0, _exit_actor)
+
+    async def _admit_quietly(self) -> None:
+        try:
+            await self._admit()
+        except Exception:  # noqa: BLE001 - the supervisor's next pass tries again
+            log.warning("admission after a run ended failed", exc_info=True)
 
     def _actor(self, execution_id: str) -> ExecutionActor | None:
         return self._runs.get(execution_id) or self._finished.get(execution_id)
@@ -272,6 +438,11 @@ class ExecutionHost:
         """
         actor = self._runs.get(execution_id)
         task = self._tasks.get(execution_id)
+        if actor is None:
+            # Still queued: it ends cancelled without ever starting.
+            cancelled = await (await self._get_store()).cancel_queued(execution_id)
+            if cancelled is not None:
+                return status_record(cancelled, self._settings)
         if actor is not None and actor.cancel() and task is not None:
             await asyncio.wait({task}, timeout=30)
         return await self.status(execution_id)
@@ -335,5 +506,5 @@ def get_host(
         max_task_retries=-1,
         max_concurrency=10_000,
         num_cpus=0,
-    ).remote(settings, registry, name, dedicated)
+    ).remote(settings, registry, name, dedicated, namespace or ray.get_runtime_context().namespace)
 

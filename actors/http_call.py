@@ -75,6 +75,7 @@ def call_http(
     headers: Mapping[str, str] | None = None,
     timeout_seconds: float = 10.0,
     idempotency_key: str | None = None,
+    outbound: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Make one HTTP call and describe the outcome; never raises for call failures.
 
@@ -88,6 +89,10 @@ def call_http(
             waiting for a pooled connection) -- not a total deadline.
         idempotency_key: sent as the ``Idempotency-Key`` header (replacing any given
             in ``headers``).
+        outbound: set for an ``http`` step's URL, which is not trusted configuration:
+            ``{"policy": EgressPolicy, "expected_status": [...]}``; the call then goes
+            through :func:`actors.http_step.call_url` (egress guard, redirects, expected
+            statuses) and answers in the same shape.
 
     Returns:
         On a 2xx answer::
@@ -105,6 +110,13 @@ def call_http(
                 "body_excerpt": str | None,   # first 500 chars of the answer
                 "retry_after_s": float | None}}  # from Retry-After (seconds or date)
     """
+    if outbound is not None:
+        from actors.http_step import call_url  # imported here: http_step imports this module
+
+        return call_url(
+            method=method, url=url, json_body=json_body, headers=headers, timeout_seconds=timeout_seconds,
+            idempotency_key=idempotency_key, **outbound,
+        )
     started = time.perf_counter()
     verb = method.upper() if isinstance(method, str) else ""
     where = " ".join(f"{verb or repr(method)} {_safe_url(url)}".split())  # messages stay one line

@@ -2,7 +2,7 @@
 
 The :class:`~actors.execution.ExecutionActor` is a thin shell around a :class:`Scheduler`
 (house style §15): the scheduler decides what runs when, and reaches the world through two
-seams given to it, a :class:`StepRunner` (does a step's work: a service call) and a
+seams given to it, a :class:`StepRunner` (does a step's work: a service call, a Python task) and a
 :class:`Journal` (records that a step started and ended: checkpoints and events).
 
 Rules it applies (FDD §2, §7, §8):
@@ -37,20 +37,31 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from actors.call_plan import plan_call
+from actors.egress import EgressPolicy
+from actors.http_step import http_outbound, http_result, plan_http_call
 from actors.logs import attempt_var, step_key_var
+from actors.webhooks import webhook_outbound
 from actors.registry import ServiceRegistry
+from actors.task_step import TaskPlan, TaskRequest, plan_task
+from actors.tracing import TRACEPARENT, format_traceparent, new_span_id, trace_id_for
 from dsl.errors import ConfigurationError, ExpressionError
 from dsl.expressions import Expression, parse_expression
 from dsl.models import (
     ConditionStep,
+    EmitStep,
+    HttpStep,
     LoopStep,
     ParallelStep,
     RetryPolicy,
     ServiceCallStep,
     Step,
     SwitchStep,
+    TaskStep,
+    WebhookStep,
     WorkflowPack,
 )
+from dsl.secrets import SecretRef, contains_secret, secret_names
 from dsl.state import ExecutionStatus, StepStatus
 from dsl.templates import Template, compile_template
 from dsl.validation import unstorable_reason
@@ -73,6 +84,12 @@ class ServiceRequest:
         execution_id: the run.
         step_key: the step execution.
         attempt: 1-based attempt number.
+        webhook: ``{"signing_secret": NAME}`` for a ``webhook`` step (signed in the step
+            task, ``actors.webhooks``), else None. ``url``, header values and the body may
+            hold the secret markers of :mod:`dsl.secrets`; only the step task resolves them.
+        outbound: for an ``http`` step, ``{"policy": EgressPolicy, "expected_status": [...]}``
+            (``actors.http_step``); None for trusted registry services. Every request also
+            carries a W3C ``traceparent`` header: the run's trace, a new span per attempt.
     """
 
     method: str
@@ -84,6 +101,8 @@ class ServiceRequest:
     execution_id: str
     step_key: str
     attempt: int
+    webhook: dict[str, Any] | None = None
+    outbound: dict[str, Any] | None = None
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`actors.http_call.call_http`."""
@@ -94,6 +113,8 @@ class ServiceRequest:
             "headers": self.headers,
             "timeout_seconds": self.timeout_seconds,
             "idempotency_key": self.idempotency_key,
+            # An http step's URL is untrusted: policy and expected statuses (actors.http_step).
+            **({"outbound": self.outbound} if self.outbound is not None else {}),
         }
 
 
@@ -101,7 +122,17 @@ class StepRunner(Protocol):
     """Does the work of a step attempt. Never raises for the work's own failure."""
 
     async def call_service(self, request: ServiceRequest) -> dict[str, Any]:
-        """Return ``{"ok": True, "status", "body"}`` or ``{"ok": False, "error": {...}}``."""
+        """Return ``{"ok": True, "status", "body"}`` or ``{"ok": False, "error": {...}}``.
+
+        Either may carry ``"node_id"``: the Ray node the work ran on, kept in the checkpoint.
+        """
+        ...
+
+    async def run_task(self, request: TaskRequest) -> dict[str, Any]:
+        """Run one ``task`` attempt: ``{"ok": True, "value"}`` or ``{"ok": False, "error"}``
+        (:mod:`actors.task_step`); may carry ``"node_id"`` too. Cancelling the wait must stop
+        the work where it can (``ray.cancel``).
+        """
         ...
 
 
@@ -113,9 +144,17 @@ class Journal(Protocol):
         ...
 
     async def step_ended(
-        self, checkpoint: StepCheckpoint, *, completed_step: str | None, context: dict[str, Any] | None = None
+        self,
+        checkpoint: StepCheckpoint,
+        *,
+        completed_step: str | None,
+        context: dict[str, Any] | None = None,
+        emitted: list[dict[str, Any]] | None = None,
     ) -> None:
         """A step attempt ended; ``completed_step`` is its key when the step completed.
+
+        ``emitted`` (passed only by ``emit`` steps): the custom events ``{"event_type",
+        "data"}`` to store with the checkpoint, in the same transaction.
 
         ``context`` is the execution context after the step, when the step changed it
         (written in the same transaction as the checkpoint).
@@ -185,6 +224,8 @@ class Scheduler:
         context: the shared execution context (FDD §2.2).
         sleep: coroutine used for backoff delays (s).
         rand: source of jitter in [0, 1).
+        egress_policy: what URLs of ``http`` steps may reach (``actors.egress``); the
+            default allows none.
     """
 
     def __init__(
@@ -205,6 +246,7 @@ class Scheduler:
         context: Mapping[str, Any] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        egress_policy: EgressPolicy | None = None,
     ) -> None:
         self.pack = pack
         self.execution_id = execution_id
@@ -230,6 +272,10 @@ class Scheduler:
         self._expressions: dict[str, Expression] = {}
         self._templates: dict[tuple[int, str], Template] = {}
         self.root = _Frame({})
+        # `${ secrets.NAME }` renders as a marker; the step task reads the value (dsl.secrets).
+        self._secrets = {name: SecretRef(name) for name in secret_names(pack)}
+        self._egress = egress_policy or EgressPolicy()
+        self._trace_id = trace_id_for(execution_id)  # one W3C trace per run (actors.tracing)
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -261,6 +307,8 @@ class Scheduler:
             outputs = self._template(self.pack, "outputs").render(self._scope(self.root)) if self.pack.outputs else {}
         except ExpressionError as exc:
             return self._failed({"step": None, "kind": "expression", "message": f"pack outputs: {exc}"})
+        if contains_secret(outputs):
+            return self._failed({"step": None, "kind": "invalid_output", "message": "pack outputs may not hold a secret"})
         return RunOutcome(ExecutionStatus.COMPLETED, outputs=outputs)
 
     @staticmethod
@@ -311,7 +359,7 @@ class Scheduler:
         """Run one step with its error handling: fallback, then compensation, then propagation."""
         key = frame.prefix + step.id
         try:
-            if isinstance(step, ServiceCallStep):
+            if isinstance(step, (ServiceCallStep, WebhookStep, HttpStep, TaskStep)):
                 outputs = await self._service_call(step, frame, key)
             else:
                 outputs = await self._control_step(step, frame, key)
@@ -404,6 +452,8 @@ class Scheduler:
                 await self._run_block(step.steps, child)
                 frame.steps.update(child.steps)
                 raw = {s.id: child.steps[s.id]["outputs"] for s in step.steps}
+            elif isinstance(step, EmitStep):
+                raw = self._emit(step, frame)
             else:  # pragma: no cover - the Step union is closed
                 raise StepFailure({"step": step.id, "kind": "internal", "message": f"unknown step type {step.type}"})
             outputs = self._map_outputs(step, frame, raw, {})
@@ -413,8 +463,21 @@ class Scheduler:
             await self._record(step, key, 1, StepStatus.FAILED, None, error, started)
             raise StepFailure(error) from None
         if key not in self._completed:
-            await self._record(step, key, 1, StepStatus.COMPLETED, outputs, None, started, context_changed=changed)
+            # An emit step's event goes to the journal with its checkpoint (one transaction).
+            emitted = raw if isinstance(step, EmitStep) else None
+            await self._record(
+                step, key, 1, StepStatus.COMPLETED, outputs, None, started, context_changed=changed, emitted=emitted
+            )
         return outputs
+
+    def _emit(self, step: EmitStep, frame: _Frame) -> dict[str, Any]:
+        """The custom event of an emit step: ``{"event_type", "data"}`` with ``data`` rendered."""
+        try:
+            data = self._template(step, "data").render(self._scope(frame))
+        except ExpressionError as exc:
+            raise _StepError("expression", f"data of step {step.id!r}: {exc}") from None
+        _check_storable(f"data of step {step.id!r}", data)
+        return {"event_type": step.event_type, "data": data}
 
     async def _condition(self, step: ConditionStep, frame: _Frame) -> dict[str, Any]:
         value = self._evaluate(step.condition, frame, f"condition of step {step.id!r}")
@@ -522,7 +585,9 @@ class Scheduler:
 
     # --- work steps -----------------------------------------------------------------------
 
-    async def _service_call(self, step: ServiceCallStep, frame: _Frame, key: str) -> Any:
+    async def _service_call(
+        self, step: ServiceCallStep | WebhookStep | HttpStep | TaskStep, frame: _Frame, key: str
+    ) -> Any:
         done = self._completed.get(key)
         if done is not None:
             # Replay: the stored outputs, and the context changes they made, as the first time.
@@ -532,11 +597,14 @@ class Scheduler:
         attempt = self._failed_attempts.get(key, 0) + 1
         policy = self._policy(step)
         started = _now()
+        call: Any
         try:
-            body = self._template(step, "inputs").render(scope) if step.inputs else None
-            headers = self._template(step, "headers").render(scope) if step.headers else {}
-            endpoint = self._template(step, "endpoint").render(scope) if step.endpoint is not None else None
-            call = self._registry.resolve(step.service, endpoint, step.method)
+            if isinstance(step, TaskStep):
+                call = plan_task(step, lambda name: self._template(step, name).render(scope))
+            elif isinstance(step, HttpStep):
+                call = plan_http_call(step, lambda name: self._template(step, name).render(scope))
+            else:
+                call = plan_call(step, lambda name: self._template(step, name).render(scope), self._registry)
         except (ExpressionError, ConfigurationError) as exc:
             kind = "expression" if isinstance(exc, ExpressionError) else "configuration"
             error = {"step": step.id, "step_key": key, "kind": kind, "message": str(exc), "attempts": attempt}
@@ -557,12 +625,23 @@ class Scheduler:
             attempt_var.set(attempt)
             await self._journal.step_started(key, step, attempt)
             started = _now()
-            request = ServiceRequest(
+            request: ServiceRequest | TaskRequest
+            # A task step's attempt is a Python function on the cluster (actors.task_step).
+            request = call.request(
+                execution_id=self.execution_id, step_key=key, attempt=attempt, idempotency_key=idempotency_key
+            ) if isinstance(call, TaskPlan) else ServiceRequest(
                 method=call.method,
-                url=call.url,
-                json_body=body,
-                headers={**call.headers, **headers},
+                url=call.url,  # type: ignore[arg-type]  # text, or SecretText the step task completes
+                json_body=call.body,
+                # Each attempt is a new span of the run's trace.
+                headers={**call.headers, TRACEPARENT: format_traceparent(self._trace_id, new_span_id())},
                 timeout_seconds=min(call.timeout_seconds, step.timeout_seconds or call.timeout_seconds),
+                webhook=call.webhook,
+                outbound=(
+                    http_outbound(step, self._egress) if isinstance(step, HttpStep)
+                    # A webhook URL comes from the pack too: the same egress guard (actors.webhooks).
+                    else webhook_outbound(self._egress) if isinstance(step, WebhookStep) else None
+                ),
                 idempotency_key=idempotency_key,
                 execution_id=self.execution_id,
                 step_key=key,
@@ -570,23 +649,34 @@ class Scheduler:
             )
             async with self._slots:
                 result = await self._attempt(request, step.timeout_seconds)
+            node_id = result.get("node_id")
             if result.get("ok"):
                 response = {"status": result.get("status"), "body": result.get("body")}
+                raw = result.get("body")
+                if isinstance(step, HttpStep):
+                    raw = response = http_result(result)  # status, headers subset, body
+                elif isinstance(step, TaskStep):
+                    raw = response = result.get("value")  # the function's return value
                 try:
-                    outputs = self._map_outputs(step, frame, result.get("body"), {"response": response})
+                    outputs = self._map_outputs(step, frame, raw, {"response": response})
                     changed = self._apply_set_context(step, frame, outputs)
                 except _StepError as exc:
                     error = {"step": step.id, "step_key": key, "kind": exc.kind, "message": exc.message, "attempts": attempt}
-                    await self._record(step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key)
+                    await self._record(
+                        step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key, node_id=node_id
+                    )
                     raise StepFailure(error) from None
                 await self._record(
-                    step, key, attempt, StepStatus.COMPLETED, outputs, None, started, idempotency_key, context_changed=changed
+                    step, key, attempt, StepStatus.COMPLETED, outputs, None, started, idempotency_key,
+                    context_changed=changed, node_id=node_id,
                 )
                 return outputs
             error = dict(result.get("error") or {"kind": "internal", "message": "no result"})
             will_retry = attempt < policy.max_attempts and _retryable(error, policy)
             error.update(step=step.id, step_key=key, attempts=attempt, will_retry=will_retry)
-            await self._record(step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key)
+            await self._record(
+                step, key, attempt, StepStatus.FAILED, None, error, started, idempotency_key, node_id=node_id
+            )
             if not will_retry:
                 raise StepFailure(error)
             delay_ms = self._delay_ms(policy, attempt, error.get("retry_after_s"))
@@ -594,18 +684,23 @@ class Scheduler:
             await self._sleep(delay_ms / 1000)
             attempt += 1
 
-    async def _attempt(self, request: ServiceRequest, timeout_seconds: float | None) -> dict[str, Any]:
+    async def _attempt(self, request: ServiceRequest | TaskRequest, timeout_seconds: float | None) -> dict[str, Any]:
         """One call through the runner; the step timeout is enforced here, outside the task."""
+        work = (
+            self._runner.run_task(request) if isinstance(request, TaskRequest) else self._runner.call_service(request)
+        )
         if timeout_seconds is None:
-            return await self._runner.call_service(request)
+            return await work
         try:
-            return await asyncio.wait_for(self._runner.call_service(request), timeout_seconds)
+            return await asyncio.wait_for(work, timeout_seconds)
         except TimeoutError:
+            # A task whose resources no node has stays pending: say what it asked for.
+            asked = f" (the task asked for {request.resources()})" if isinstance(request, TaskRequest) else ""
             return {
                 "ok": False,
                 "error": {
                     "kind": "timeout",
-                    "message": f"step timed out after {timeout_seconds:g} s",
+                    "message": f"step timed out after {timeout_seconds:g} s{asked}",
                     "retryable": True,
                     "status": None,
                 },
@@ -639,7 +734,11 @@ class Scheduler:
         idempotency_key: str | None = None,
         *,
         context_changed: bool = False,
+        node_id: str | None = None,
+        emitted: dict[str, Any] | None = None,
     ) -> None:
+        # node_id: the Ray node a work step's attempt ran on; None for control steps (they
+        # run in the ExecutionActor) and for attempts whose task was lost or timed out.
         checkpoint = StepCheckpoint(
             execution_id=self.execution_id,
             step_key=key,
@@ -652,15 +751,21 @@ class Scheduler:
             idempotency_key=idempotency_key,
             started_at=started,
             ended_at=_now(),
+            node_id=node_id,
         )
         completed = key if status is StepStatus.COMPLETED else None
         context = dict(self.context) if context_changed else None
-        await self._journal.step_ended(checkpoint, completed_step=completed, context=context)
+        if emitted is not None:  # only journals that run emit steps need to take ``emitted``
+            await self._journal.step_ended(checkpoint, completed_step=completed, context=context, emitted=[emitted])
+        else:
+            await self._journal.step_ended(checkpoint, completed_step=completed, context=context)
         if completed:
             self._completed[key] = checkpoint
 
     def _scope(self, frame: _Frame, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        scope = {"inputs": self.inputs, "context": self.context, "steps": frame.steps, **frame.variables}
+        scope = {
+            "inputs": self.inputs, "context": self.context, "steps": frame.steps, "secrets": self._secrets, **frame.variables
+        }
         if extra:
             scope.update(extra)
         return scope

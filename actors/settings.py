@@ -13,10 +13,25 @@ variable                         default                          meaning
                                                                   step without its own retry policy
 ``STATE_PERSISTENCE_ENABLED``    true                             false keeps state in memory only
 ``CORTX_SERVICE_REGISTRY``       (none)                           path of the service registry YAML
+``CORTX_SECRETS_FILE``           (none)                           YAML/JSON file of named secrets, read by
+                                                                  step tasks (``docs/security.md``)
 ``CORTX_EXECUTION_HOSTS``        2                                shared ExecutionHosts started
+``CORTX_MAX_CONCURRENT_EXECUTIONS`` 100                            runs ``running`` at once per deployment
+                                                                  (FDD §9.2); more wait ``queued``
 ``CORTX_STEP_TASK_NUM_CPUS``     0.25                             Ray CPUs reserved by one step task
 ``CORTX_DB_POOL_SIZE``           5                                connections per ExecutionHost
 ``CORTX_MAX_LOOP_ITERATIONS``    100000                           bound of loops without max_iterations
+``CORTX_HTTP_ALLOWED_HOSTS``     (none: all refused)              hosts ``http`` steps may call, comma-
+                                                                  separated (``actors.egress``)
+``CORTX_HTTP_ALLOW_PRIVATE``     false                            true lets them reach loopback/private IPs
+``CORTX_HTTP_MAX_REDIRECTS``     5                                redirect hops an ``http`` step follows
+``CORTX_TASK_MODULES``           (none: no module allowed)        modules ``task`` steps may import, comma-
+                                                                  separated names or package prefixes
+                                                                  (``examples.tasks,mycompany.tasks``)
+``CORTX_EVENT_SUBSCRIPTIONS``    (none)                           YAML/JSON file of event subscriptions
+                                                                  (webhooks; ``actors.events_delivery``)
+``CORTX_LEDGER_AUDIT``           true                             with a ``ledger`` service in the registry,
+                                                                  send every event to its audit log
 ===============================  ===============================  ==========================================
 
 The FDD marks ``DATABASE_URL`` as required; the design card asks for an embedded default,
@@ -57,10 +72,27 @@ class Settings:
         default_retry_count: retries after the first attempt for steps without a policy.
         state_persistence_enabled: False keeps runs in memory only (nothing survives a crash).
         service_registry_path: registry YAML path, or None.
+        secrets_file: absolute path of the secrets file (``CORTX_SECRETS_FILE``), or None;
+            step tasks read named secrets from it (``actors.secrets``).
         execution_hosts: number of shared ExecutionHosts.
+        max_concurrent_executions: runs ``running`` at once in the deployment (all hosts and
+            replicas on one database); more are stored ``queued`` (FDD §9.2,
+            :mod:`persistence.admission`).
         step_task_num_cpus: CPUs Ray reserves for one step task (I/O-bound work: a fraction).
         db_pool_size: database connections per ExecutionHost.
         max_loop_iterations: bound of loops that set no ``max_iterations``.
+        http_allowed_hosts: allowlist entries for URLs from packs (``actors.egress``).
+        http_allow_private: allowlisted hosts may be loopback or private addresses.
+        http_max_redirects: redirect hops an ``http`` step follows, each checked.
+        task_modules: the ``task`` step allowlist (``CORTX_TASK_MODULES``): module names, each
+            allowing itself and the modules below it (``dsl.task_spec``). A pack naming a
+            function elsewhere is refused when it is deployed or started, and again in the
+            worker before anything is imported. Empty (the default) allows no module;
+            driver-registered functions need no entry.
+        event_subscriptions: webhook subscriptions to the run events (``CORTX_EVENT_SUBSCRIPTIONS``,
+            :class:`actors.events_delivery.Subscription`), checked at start.
+        ledger_audit: deliver every event to the registry's ``ledger`` service as an audit
+            record (FDD §4.1), when it has one.
     """
 
     database_url: str
@@ -69,10 +101,18 @@ class Settings:
     default_retry_count: int = 3
     state_persistence_enabled: bool = True
     service_registry_path: str | None = None
+    secrets_file: str | None = None
     execution_hosts: int = 2
+    max_concurrent_executions: int = 100
     step_task_num_cpus: float = 0.25
     db_pool_size: int = 5
     max_loop_iterations: int = 100_000
+    http_allowed_hosts: tuple[str, ...] = ()
+    http_allow_private: bool = False
+    http_max_redirects: int = 5
+    task_modules: tuple[str, ...] = ()
+    event_subscriptions: tuple[Any, ...] = ()
+    ledger_audit: bool = True
 
     @property
     def store_url(self) -> str:
@@ -125,18 +165,55 @@ class Settings:
                 "STATE_PERSISTENCE_ENABLED", _parse_bool, True, "must be true or false", lambda v: True
             ),
             service_registry_path=str(Path(registry).resolve()) if registry else None,
+            secrets_file=_secrets_file(env.get("CORTX_SECRETS_FILE", "")),
             execution_hosts=get(
                 "CORTX_EXECUTION_HOSTS", int, 2, "must be a whole number from 1 to 64", lambda v: 1 <= v <= 64
             ),
             step_task_num_cpus=get(
                 "CORTX_STEP_TASK_NUM_CPUS", float, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
             ),
+            max_concurrent_executions=get(
+                "CORTX_MAX_CONCURRENT_EXECUTIONS", int, 100, "must be a whole number from 1 to 1000000",
+                lambda v: 1 <= v <= 1_000_000,
+            ),
             db_pool_size=get("CORTX_DB_POOL_SIZE", int, 5, "must be a whole number from 1 to 50", lambda v: 1 <= v <= 50),
+            http_allowed_hosts=_allowed_hosts(env.get("CORTX_HTTP_ALLOWED_HOSTS", "")),
+            http_allow_private=get(
+                "CORTX_HTTP_ALLOW_PRIVATE", _parse_bool, False, "must be true or false", lambda v: True
+            ),
+            http_max_redirects=get(
+                "CORTX_HTTP_MAX_REDIRECTS", int, 5, "must be a whole number from 0 to 20", lambda v: 0 <= v <= 20
+            ),
+            task_modules=_task_modules(env.get("CORTX_TASK_MODULES", "")),
+            event_subscriptions=_event_subscriptions(env.get("CORTX_EVENT_SUBSCRIPTIONS", "")),
+            ledger_audit=get("CORTX_LEDGER_AUDIT", _parse_bool, True, "must be true or false", lambda v: True),
             max_loop_iterations=get(
                 "CORTX_MAX_LOOP_ITERATIONS", int, 100_000, "must be a whole number from 1 to 1000000",
                 lambda v: 1 <= v <= 1_000_000,
             ),
         )
+
+
+def _task_modules(raw: str) -> tuple[str, ...]:
+    """``CORTX_TASK_MODULES`` as its entries, each a dotted module name (``dsl.task_spec``)."""
+    from dsl.task_spec import parse_task_modules
+
+    try:
+        return parse_task_modules(raw)
+    except ValueError as exc:
+        raise ConfigurationError("CORTX_TASK_MODULES", raw, f"{exc}; separate entries with commas") from None
+
+
+def _allowed_hosts(raw: str) -> tuple[str, ...]:
+    """``CORTX_HTTP_ALLOWED_HOSTS`` as its entries, each checked (forms: ``actors.egress``)."""
+    from actors.egress import parse_allowed_hosts
+
+    try:
+        return tuple(pattern.text for pattern in parse_allowed_hosts(raw))
+    except ValueError as exc:
+        raise ConfigurationError(
+            "CORTX_HTTP_ALLOWED_HOSTS", raw, f"{exc}; entries are host, host:port, *.domain, * or an IP address"
+        ) from None
 
 
 def _parse_bool(raw: str) -> bool:
@@ -146,3 +223,22 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(raw)
+
+
+def _secrets_file(raw: str) -> str | None:
+    """The secrets file as an absolute path (step tasks run in other folders); it must exist."""
+    if not raw.strip():
+        return None
+    path = Path(raw.strip()).resolve()
+    if not path.is_file():
+        raise ConfigurationError("CORTX_SECRETS_FILE", raw, "must name an existing file")
+    return str(path)
+
+
+def _event_subscriptions(raw: str) -> tuple[Any, ...]:
+    """``CORTX_EVENT_SUBSCRIPTIONS``: the subscriptions file, read and checked now (``actors.events_delivery``)."""
+    if not raw.strip():
+        return ()
+    from actors.events_delivery import load_subscriptions
+
+    return load_subscriptions(Path(raw.strip()).resolve())

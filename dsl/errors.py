@@ -19,7 +19,10 @@ round-trips every class)::
     ├── ConfigurationError          a setting or registry entry is invalid
     ├── ExecutionNotFoundError      no execution with that id
     ├── PackConflictError           a pack id and version already stored with another body
-    └── FencedError                 a checkpoint write by an owner that lost the run
+    ├── PackNotFoundError           no stored pack (version) with that id, or every version deprecated
+    ├── UnstorableValueError        a string the database cannot store (NUL, unpaired surrogate)
+    ├── FencedError                 a checkpoint write by an owner that lost the run
+    └── SecretNotFoundError         a secret a step names has no value where secrets are read
 
 A user step's failure is *not* an exception that travels: it is recorded as data
 (``kind``, ``message``, ``retryable``, ``attempt``); see ``actors.steps``.
@@ -39,11 +42,14 @@ __all__ = [
     "ExpressionTypeError",
     "FencedError",
     "PackConflictError",
+    "PackNotFoundError",
     "ForbiddenConstructError",
     "InputValidationError",
     "PackLoadError",
     "PackValidationError",
+    "SecretNotFoundError",
     "UnknownNameError",
+    "UnstorableValueError",
     "ValidationIssue",
     "WorkflowError",
 ]
@@ -295,3 +301,67 @@ class PackConflictError(WorkflowError):
 
     def message(self) -> str:
         return f"pack {self.pack_id!r} version {self.version!r} already exists with a different body"
+
+
+class PackNotFoundError(WorkflowError):
+    """No such pack, pack version, or (version omitted) no version that is not deprecated.
+
+    Raised when a run names a deployed pack (``workflow_pack_id``/``version``) that the
+    store does not hold; the HTTP API answers it 404 ``pack_not_found``.
+
+    Args:
+        pack_id: the pack asked for.
+        version: the version asked for, or None for "latest".
+        reason: what is missing, one sentence, when not the obvious.
+    """
+
+    code = "pack_not_found"
+
+    def __init__(self, pack_id: str, version: str | None = None, reason: str | None = None) -> None:
+        super().__init__(pack_id, version, reason)
+        self.pack_id, self.version, self.reason = pack_id, version, reason
+
+    def message(self) -> str:
+        if self.reason:
+            return self.reason
+        if self.version is None:
+            return f"no pack with id {self.pack_id!r}"
+        return f"no pack {self.pack_id!r} with version {self.version!r}"
+
+
+class UnstorableValueError(WorkflowError):
+    """A string holds a NUL character or a lone surrogate, which the database cannot store.
+
+    Args:
+        pointer: JSON pointer of the string in the document or request body (``""`` = the root).
+    """
+
+    code = "value_unstorable"
+
+    def __init__(self, pointer: str) -> None:
+        super().__init__(pointer)
+        self.pointer = pointer
+
+    def message(self) -> str:
+        return f"the string at {self.pointer or '/'} holds a NUL character or an unpaired surrogate"
+
+
+class SecretNotFoundError(WorkflowError):
+    """A secret a step refers to (``${ secrets.NAME }``) has no value.
+
+    Raised in the step task, where secrets are read; the step fails without retries. The
+    message names the secret and where it was looked for, never a value.
+
+    Args:
+        name: the secret's name.
+        sources: where it was looked for, e.g. ``"environment variable CORTX_SECRET_X"``.
+    """
+
+    code = "secret_missing"
+
+    def __init__(self, name: str, sources: str) -> None:
+        super().__init__(name, sources)
+        self.name, self.sources = name, sources
+
+    def message(self) -> str:
+        return f"secret {self.name!r} is not set (looked in: {self.sources})"

@@ -9,12 +9,16 @@ Paste the text into any Mermaid renderer (GitHub and GitLab render it in Markdow
 
 from __future__ import annotations
 
-from dsl.models import ConditionStep, LoopStep, ParallelStep, Step, SwitchStep, WorkflowPack
+from dsl.models import ConditionStep, HttpStep, LoopStep, ParallelStep, Step, SwitchStep, TaskStep, WorkflowPack
 
 __all__ = ["to_mermaid"]
 
 _SHAPES = {
     "service_call": ("[", "]"),
+    "http": ("[", "]"),
+    "webhook": ("[", "]"),
+    "emit": ("[", "]"),
+    "task": ("[", "]"),
     "condition": ("{", "}"),
     "switch": ("{", "}"),
     "loop": ("[[", "]]"),
@@ -33,10 +37,20 @@ def _label(step: Step) -> str:
         detail = f"loop over {step.collection}" if step.collection else f"loop while {step.condition}"
     elif isinstance(step, ConditionStep):
         detail = f"if {step.condition}"
+    elif isinstance(step, HttpStep):
+        detail = f"{step.method} {_url_label(step.url)}"
+    elif isinstance(step, TaskStep):
+        detail = f"task {step.function}"
     elif getattr(step, "service", None):
         detail = f"{step.service} {getattr(step, 'endpoint', None) or ''}".strip()
     text = f"{step.id}<br/>{detail}".replace('"', "'")
     return f'"{text}"'
+
+
+def _url_label(url: str) -> str:
+    # Mermaid labels cannot hold '"' and read '{', '}' as shape syntax; keep the URL short.
+    text = url if len(url) <= 60 else url[:57] + "..."
+    return text.replace("{", "(").replace("}", ")")
 
 
 def to_mermaid(pack: WorkflowPack) -> str:

@@ -7,6 +7,10 @@ suffixes (``initial_delay_ms``, ``timeout_seconds``).
 Step types (FDD §5.2, §7):
 
 * ``service_call`` (:class:`ServiceCallStep`): call a service from the service registry.
+* ``http`` (:class:`HttpStep`): call any URL the deployment's host allowlist permits.
+* ``webhook`` (:class:`WebhookStep`): send a signed notification (Standard Webhooks style).
+* ``emit`` (:class:`EmitStep`): publish a custom event into the run's event outbox.
+* ``task`` (:class:`TaskStep`): run an allowlisted Python function as a Ray task.
 * ``condition`` (:class:`ConditionStep`): evaluate ``condition``; run ``then`` or ``else``.
 * ``switch`` (:class:`SwitchStep`): run the first case whose ``when`` is true, else ``default``.
 * ``loop`` (:class:`LoopStep`): run ``steps`` per item of ``collection``, or while ``condition``.
@@ -19,15 +23,22 @@ live in :mod:`dsl.validation`; these models only check the shape of each object.
 
 from __future__ import annotations
 
+import keyword
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from dsl import http_spec, task_spec
+from dsl.secrets import SECRET_NAME_PATTERN
 
 __all__ = [
     "ConditionStep",
+    "EmitStep",
     "ErrorHandler",
     "ExecutionOptions",
+    "HttpStep",
     "PackErrorHandler",
     "LoopStep",
     "ParallelStep",
@@ -36,6 +47,8 @@ __all__ = [
     "Step",
     "SwitchCase",
     "SwitchStep",
+    "TaskStep",
+    "WebhookStep",
     "WorkflowPack",
     "all_steps",
     "iter_steps",
@@ -47,6 +60,9 @@ STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,99}$"
 PACK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 StepId = Annotated[str, StringConstraints(pattern=STEP_ID_PATTERN)]
+
+# RFC 9110 token characters (the same rule as the service registry's headers).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 #: Error kinds retried when a policy does not say otherwise (FDD §8.1; 4xx answers are not).
 DEFAULT_RETRY_ON: tuple[str, ...] = ("timeout", "connection", "http_5xx", "http_429", "task_error")
@@ -176,6 +192,175 @@ class ServiceCallStep(_StepBase):
         return value.upper() if isinstance(value, str) else value
 
 
+def _status_entry(value: int | str) -> int | str:
+    http_spec.parse_status_spec(value)  # raises ValueError with the accepted forms
+    return value
+
+
+class HttpStep(_StepBase):
+    """Call any URL: a third-party API (FDD §2.4 "External APIs", §4.1).
+
+    ``url``, ``headers``, ``query`` and ``body`` are ``${ }`` templates. The URL's host must
+    be allowed by the deployment (``CORTX_HTTP_ALLOWED_HOSTS``; private and link-local
+    addresses are refused unless enabled, see ``actors.egress``); a refusal fails the step
+    at once (kind ``egress_refused``, never retried). An answer whose status is not in
+    ``expected_status`` fails the attempt like a ``service_call`` error (kind
+    ``http_status`` with ``status`` and ``body_excerpt``), so ``on_error.retry`` and
+    ``fallback`` apply the same way. Redirects are followed (each hop checked again) unless
+    their status is expected.
+
+    The raw ``result`` is ``{"status": int, "headers": {name: value}, "body": JSON | text |
+    null}`` (a subset of response headers, names lower-case); ``outputs`` map it as for
+    ``service_call``.
+    """
+
+    type: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] = Field(
+        "GET", description="HTTP method (any case in the pack)."
+    )
+    url: str = Field(
+        min_length=1, max_length=8192,
+        description="Absolute http:// or https:// URL (${ } templates allowed); its host must be allowlisted.",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers; values may use ${ } templates.")
+    query: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Query parameters appended to the URL (templates allowed); a list repeats the parameter, "
+        "null leaves it out.",
+    )
+    body: Any = Field(None, description="JSON request body (templates allowed); not allowed with GET or HEAD.")
+    expected_status: tuple[Annotated[int | str, AfterValidator(_status_entry)], ...] = Field(
+        http_spec.DEFAULT_EXPECTED_STATUS,
+        min_length=1,
+        description="HTTP statuses that count as success: numbers (404), classes ('2xx') or ranges ('200-299').",
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=86_400, description="Limit on each attempt, in s (connect, send, each read); 10 s if unset."
+    )
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP token")
+        return value
+
+    @model_validator(mode="after")
+    def _no_body_without_one(self) -> HttpStep:
+        if self.body is not None and self.method in http_spec.METHODS_WITHOUT_BODY:
+            raise ValueError(f"a {self.method} request sends no body; remove 'body' or use POST/PUT/PATCH")
+        return self
+
+
+class WebhookStep(_StepBase):
+    """Send a signed notification to an external system (FDD §2.4 "Webhooks").
+
+    A ``POST`` of ``body`` (compact JSON) to ``url``, signed in the Standard Webhooks style:
+    headers ``webhook-id`` (stable across retries and resumes of the step execution, from
+    its idempotency key), ``webhook-timestamp`` (Unix s) and ``webhook-signature``
+    (``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``) with the named secret
+    ``signing_secret`` as key, read in the step task (see ``actors.webhooks``). The URL goes
+    through the egress guard before anything is sent. Retries, timeouts and outputs work as
+    for ``service_call``; the raw ``result`` is the receiver's answer body.
+    """
+
+    type: Literal["webhook"]
+    url: str = Field(
+        min_length=1, max_length=8192, description="Absolute http:// or https:// URL (${ } templates allowed)."
+    )
+    signing_secret: Annotated[str, StringConstraints(pattern=SECRET_NAME_PATTERN)] = Field(
+        description="Name of the secret that signs the delivery (read in the step task, like ${ secrets.NAME })."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (templates allowed).")
+    body: Any = Field(default_factory=dict, description="The JSON payload; values may use ${ } templates.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if "${" not in value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("url must be an absolute http:// or https:// URL")
+        return value
+
+
+class TaskStep(_StepBase):
+    """Run a Python function as a Ray task, spreading CPU work over the cluster ("Integrations").
+
+    ``function`` is ``package.module:function`` (a module allowed by the deployment's
+    ``CORTX_TASK_MODULES``) or a name a driver registered (``dsl.task_spec``). The rendered
+    ``inputs`` mapping is passed as keyword arguments: ``function(**inputs)``. Each attempt is
+    one Ray task asking for ``num_cpus``, ``num_gpus`` and ``memory`` (bytes); retries,
+    ``timeout_seconds``, fallback and compensation work as for every step. The function's
+    return value (any JSON value) is the raw ``result``; an exception fails the attempt with
+    kind ``task_error`` (retried per ``on_error.retry``), recorded with its type and message.
+    """
+
+    type: Literal["task"]
+    function: str = Field(
+        min_length=1, max_length=300,
+        description="'package.module:function' from an allowlisted module, or a driver-registered name.",
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the function (names are Python identifiers); values may use ${ } templates.",
+    )
+    num_cpus: float = Field(1.0, ge=0, le=1024, allow_inf_nan=False, description="CPUs Ray reserves per attempt.")
+    num_gpus: float = Field(0.0, ge=0, le=64, allow_inf_nan=False, description="GPUs Ray reserves per attempt.")
+    memory: int | None = Field(
+        None, ge=1, le=2**50, description="Memory Ray reserves per attempt, in bytes; none reserved if unset."
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _function_ref(cls, value: str) -> str:
+        task_spec.parse_function_ref(value)  # raises ValueError naming both accepted forms
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _keyword_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not name.isidentifier() or keyword.iskeyword(name):
+                raise ValueError(f"input {name!r} is passed as a keyword argument, so it must be a Python identifier")
+        return value
+
+
+#: Custom event types: lower-case dot-separated words; ``execution.*`` and ``step.*`` are the engine's.
+EMIT_EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$"
+_RESERVED_EVENT_PREFIXES = ("execution.", "step.")
+
+
+class EmitStep(_StepBase):
+    """Publish a custom event (FDD §2.4 "Events: Publish workflow events").
+
+    The event ``{"type": event_type, "data": <rendered data>}`` is written to the run's
+    event outbox in the same transaction as the step's checkpoint, and delivered to the
+    event subscriptions like the engine's own events (``docs/events.md``). It runs in the
+    ExecutionActor like a control step (no Ray task) and writes one checkpoint; on resume a
+    completed emit step is not written again, so its event is stored once. The raw
+    ``result`` is ``{"event_type", "data"}``. ``data`` may not read secrets.
+    """
+
+    type: Literal["emit"]
+    event_type: Annotated[str, StringConstraints(pattern=EMIT_EVENT_TYPE_PATTERN, max_length=100)] = Field(
+        description="The event's type, e.g. `order.approved`: lower-case dot-separated words, at most 100 "
+        "characters; `execution.` and `step.` are reserved for the engine."
+    )
+    data: Any = Field(default_factory=dict, description="The event's JSON data; values may use ${ } templates.")
+
+    @field_validator("event_type")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(_RESERVED_EVENT_PREFIXES):
+            raise ValueError(f"event_type {value!r} is reserved: types starting with execution. or step. are the engine's")
+        return value
+
+
 class ConditionStep(_StepBase):
     """Run ``then`` when ``condition`` is true, else ``else`` (FDD §7.3).
 
@@ -275,11 +460,11 @@ class ParallelStep(_StepBase):
 
 
 Step = Annotated[
-    Union[ServiceCallStep, ConditionStep, SwitchStep, LoopStep, ParallelStep],
+    Union[ServiceCallStep, HttpStep, WebhookStep, TaskStep, EmitStep, ConditionStep, SwitchStep, LoopStep, ParallelStep],
     Field(discriminator="type"),
 ]
 
-STEP_TYPES: tuple[str, ...] = ("service_call", "condition", "switch", "loop", "parallel")
+STEP_TYPES: tuple[str, ...] = ("service_call", "http", "webhook", "task", "emit", "condition", "switch", "loop", "parallel")
 
 
 class WorkflowPack(_Model):
@@ -363,7 +548,7 @@ def _iter_one(step: Step, pointer: str, ancestors: tuple[str, ...]) -> Iterator[
 
 
 for _model in (
-    ErrorHandler, PackErrorHandler, ServiceCallStep, ConditionStep, SwitchCase, SwitchStep, LoopStep, ParallelStep,
+    ErrorHandler, PackErrorHandler, ServiceCallStep, HttpStep, WebhookStep, TaskStep, EmitStep, ConditionStep, SwitchCase, SwitchStep, LoopStep, ParallelStep,
     WorkflowPack,
 ):
     _model.model_rebuild()

@@ -11,6 +11,9 @@ a scope and returns a new value:
 * otherwise each ``${ expr }`` is written into the text: strings as they are, numbers as
   ``str()`` does (``12``, ``1.5``), ``true``/``false``, ``null``, lists and objects as compact
   JSON (``[1,"a"]``);
+* a secret (``${ secrets.NAME }``, a ``secret: true`` input) is never written as text:
+  it stays a marker of :mod:`dsl.secrets`, and a string it is part of renders as a
+  :class:`~dsl.secrets.SecretText` that the step task completes;
 * ``$${`` is an escape for a literal ``${`` (``"$${ x }"`` renders as ``"${ x }"``); a
   ``${`` with a ``$`` in front is always literal.
 
@@ -37,6 +40,7 @@ from dsl.expressions import (
     parse_expression,
     scan_expression_end,
 )
+from dsl.secrets import SecretRef, SecretText, SecretValue
 
 __all__ = ["MAX_TEMPLATE_NODES", "Template", "compile_template"]
 
@@ -302,20 +306,27 @@ class _Renderer:
                 tasks.extend((child, obj, k) for k, child in reversed(node.items))
         return holder[0]
 
-    def text(self, node: _Text) -> str:
-        pieces: list[str] = []
+    def text(self, node: _Text) -> str | SecretText:
+        pieces: list[Any] = []
         for part in node.parts:
             if isinstance(part, str):
                 piece = part
             else:
+                value = part.evaluate(self.scope)
+                if isinstance(value, (SecretRef, SecretValue, SecretText)):
+                    # Secrets stay markers; the step task writes them in (dsl.secrets).
+                    pieces.append(value)
+                    continue
                 remaining = MAX_STRING_LENGTH - self.chars
-                piece = format_value(part.evaluate(self.scope), source=part.source, max_chars=max(remaining, 0))
+                piece = format_value(value, source=part.source, max_chars=max(remaining, 0))
             self.chars += len(piece)
             if self.chars > MAX_STRING_LENGTH:
                 raise ExpressionLimitError(
                     _clip(node.source), f"rendered text would be longer than {MAX_STRING_LENGTH} characters"
                 )
             pieces.append(piece)
+        if any(not isinstance(p, str) for p in pieces):
+            return SecretText.join(pieces)
         return "".join(pieces)
 
     def copy(self, value: Any, source: str = "<template>") -> Any:

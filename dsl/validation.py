@@ -10,7 +10,12 @@ later stages need their results:
    (``a -> b -> a``), also cycles that pass through a group and its members;
 5. expressions: conditions, collections and ``${ }`` templates parse; ``steps.<id>``
    references name steps that are guaranteed to have finished first;
+5b. secrets: each ``${ secrets.NAME }`` and each read of a ``secret: true`` input is used
+   whole and only where the step task inserts it, names are valid, ``secret`` flags sit on
+   top-level inputs (:func:`dsl.secrets.secret_reference_issues`); values are not looked up;
 6. services: every ``service_call`` names a service of the registry (when one is given);
+   every ``task`` names a function the deployment allows (when a policy is given,
+   :mod:`dsl.task_spec`);
 7. input schema: the pack's ``inputs`` is a valid JSON Schema.
 
 Then warnings, which do not stop a pack: steps that can never run (the branch of a
@@ -24,6 +29,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,17 +43,25 @@ from pydantic import ValidationError
 
 from dsl.errors import ExpressionError, InputValidationError, PackValidationError, ValidationIssue
 from dsl.expressions import parse_expression
+from dsl.http_spec import url_form_problem
 from dsl.loader import SourceMap, escape_pointer, parse_document
+from dsl.patterns import InputSchemaValidator, PatternError, pattern_issues
 from dsl.models import (
     STEP_TYPES,
     ConditionStep,
+    EmitStep,
+    HttpStep,
     LoopStep,
     ServiceCallStep,
     Step,
     SwitchStep,
+    TaskStep,
+    WebhookStep,
     WorkflowPack,
     all_steps,
 )
+from dsl.secrets import secret_input_names, secret_reference_issues
+from dsl.task_spec import TaskPolicy, task_function_issues
 from dsl.templates import compile_template
 
 __all__ = ["LoadedPack", "load_pack", "unstorable_reason", "validate_document", "validate_inputs", "validate_options"]
@@ -67,6 +83,7 @@ def load_pack(
     *,
     services: Collection[str] | None = None,
     fmt: str | None = None,
+    tasks: TaskPolicy | None = None,
 ) -> LoadedPack:
     """Parse and validate a pack from YAML or JSON text.
 
@@ -74,6 +91,8 @@ def load_pack(
         text: the pack source.
         source: a label for messages (file path, ``<request>``).
         services: names in the service registry; ``None`` skips the service check.
+        tasks: which functions ``task`` steps may name (``CORTX_TASK_MODULES``, registered
+            names); ``None`` skips that check.
         fmt: ``"yaml"`` or ``"json"``; guessed from the text when omitted.
 
     Returns:
@@ -86,7 +105,7 @@ def load_pack(
     parsed = parse_document(text, source, fmt=fmt)
     if parsed.issues:
         raise PackValidationError(parsed.issues, source)
-    loaded = validate_document(parsed.data, source, source_map=parsed.source_map, services=services)
+    loaded = validate_document(parsed.data, source, source_map=parsed.source_map, services=services, tasks=tasks)
     return LoadedPack(loaded.pack, loaded.warnings, loaded.document, text)
 
 
@@ -96,6 +115,7 @@ def validate_document(
     *,
     source_map: SourceMap | None = None,
     services: Collection[str] | None = None,
+    tasks: TaskPolicy | None = None,
 ) -> LoadedPack:
     """Validate already-parsed pack data (a dict, e.g. from a JSON request body).
 
@@ -113,19 +133,69 @@ def validate_document(
 
     if not isinstance(data, dict):
         raise PackValidationError(located([ValidationIssue("not_a_mapping", "", "a pack must be a mapping")]), source)
+    key = _cache_key(data, source, services, tasks) if source_map is None else None
+    cached = _VALIDATED.get(key) if key is not None else None
+    if cached is not None:
+        return LoadedPack(cached[0], cached[1], data)
     try:
         pack = WorkflowPack.model_validate(data)
     except ValidationError as exc:
         raise PackValidationError(located(_schema_issues(exc, data)), source) from None
 
-    for stage in (_id_issues, _dependency_issues, _expression_issues):
+    for stage in (_id_issues, _dependency_issues, _expression_issues, secret_reference_issues):
         issues = located(stage(pack))
         if any(i.severity == "error" for i in issues):
             raise PackValidationError(issues, source)
-    issues = located(_service_issues(pack, services) + _input_schema_issues(pack))
+    issues = located(
+        _service_issues(pack, services) + task_function_issues(all_steps(pack), tasks) + _input_schema_issues(pack)
+    )
     if issues:
         raise PackValidationError(issues, source)
-    return LoadedPack(pack, tuple(located(_never_run_warnings(pack))), data)
+    loaded = LoadedPack(pack, tuple(located(_never_run_warnings(pack))), data)
+    if key is not None:
+        _VALIDATED.put(key, (loaded.pack, loaded.warnings))
+    return loaded
+
+
+class _LruCache:
+    """A small thread-safe LRU map (validated packs, see :func:`validate_document`)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+#: Valid packs already checked, by their canonical JSON and what they were checked against:
+#: running a deployed pack (HTTP execute, the driver) validates the same document again and
+#: again, and a full validation costs several ms (the input schema's meta-schema check most).
+_VALIDATED = _LruCache(256)
+
+
+def _cache_key(data: dict, source: str, services: Collection[str] | None, tasks: TaskPolicy | None) -> str | None:
+    """The canonical JSON of everything the result depends on, or None if ``data`` is not JSON."""
+    policy = None if tasks is None else [list(tasks.modules), None if tasks.registered is None else sorted(tasks.registered)]
+    try:
+        return json.dumps(
+            [data, source, None if services is None else sorted(services), policy],
+            sort_keys=True, separators=(",", ":"), allow_nan=False,
+        )
+    except (TypeError, ValueError):
+        return None
 
 
 def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
@@ -142,15 +212,24 @@ def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
         raise InputValidationError([ValidationIssue("inputs_not_object", "", "inputs must be a JSON object")])
     schema = pack.input_schema()
     # An empty registry: a $ref is resolved inside the schema only, never fetched.
-    validator = jsonschema.Draft202012Validator(schema, registry=referencing.Registry())
+    # Patterns are matched by RE2 in linear time (dsl.patterns): no ReDoS from a caller's input.
+    validator = InputSchemaValidator(schema, registry=referencing.Registry())
     try:
         errors = sorted(validator.iter_errors(inputs), key=lambda e: list(map(str, e.absolute_path)))
-    except (referencing.exceptions.Unresolvable, jsonschema.exceptions.SchemaError, RecursionError) as exc:
+    except (referencing.exceptions.Unresolvable, jsonschema.exceptions.SchemaError, RecursionError, PatternError) as exc:
         raise InputValidationError(
             [ValidationIssue("input_schema_unusable", "", f"the pack's input schema cannot be applied: {type(exc).__name__}")]
         ) from None
+    secret = set(secret_input_names(schema))
     issues = [
-        ValidationIssue("input_schema", "".join(f"/{escape_pointer(p)}" for p in err.absolute_path), err.message)
+        ValidationIssue(
+            "input_schema",
+            "".join(f"/{escape_pointer(p)}" for p in err.absolute_path),
+            # jsonschema quotes the offending value: never for a secret input.
+            f"the secret input breaks the schema rule {err.validator!r}"
+            if err.absolute_path and err.absolute_path[0] in secret
+            else err.message,
+        )
         for err in errors
     ]
     if issues:
@@ -547,6 +626,18 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
             check_template(pointer + "/headers", step.headers, before, where)
             if step.endpoint is not None:
                 check_template(pointer + "/endpoint", step.endpoint, before, where)
+        if isinstance(step, WebhookStep):
+            for name in ("url", "headers", "body"):
+                check_template(f"{pointer}/{name}", getattr(step, name), before, where)
+        if isinstance(step, EmitStep):
+            check_template(pointer + "/data", step.data, before, where)
+        if isinstance(step, TaskStep):
+            check_template(pointer + "/inputs", step.inputs, before, where)
+        if isinstance(step, HttpStep):
+            for name in ("url", "headers", "query", "body"):
+                check_template(f"{pointer}/{name}", getattr(step, name), before, where)
+            if problem := url_form_problem(step.url):
+                issues.append(ValidationIssue("bad_url", pointer + "/url", f"url of step {step.id!r}: {problem}"))
         # A step's own outputs mapping also sees its nested steps (and itself, for errors).
         inner = before | {step.id} | _exported(step)
         check_template(pointer + "/outputs", step.outputs, inner, where)
@@ -712,9 +803,9 @@ def _input_schema_issues(pack: WorkflowPack) -> list[ValidationIssue]:
     except jsonschema.SchemaError as exc:
         where = "".join(f"/{escape_pointer(p)}" for p in exc.path)
         return [ValidationIssue("bad_input_schema", "/inputs" + where, f"inputs is not a valid JSON Schema: {exc.message}")]
-    issues = []
     # Pointers are into the schema as the engine reads it (shorthand inputs sit under /properties).
     base = "/inputs"
+    issues = [ValidationIssue("unsupported_pattern", base + where, message) for where, message in pattern_issues(schema)]
     for where, ref in _refs(schema, ""):
         if not ref.startswith("#"):
             issues.append(ValidationIssue("remote_ref", base + where, f"$ref {ref!r} points outside the pack; only local refs (#/...) are allowed"))

@@ -10,7 +10,10 @@ and upgraded only by the Alembic migrations in ``persistence/migrations``.
 
 Modules: ``records`` (records, statuses, time helpers), ``models`` (tables),
 ``engine`` (URLs, engines, migrations), ``validation`` (argument checks),
-``sql_store`` / ``memory_store`` (implementations), ``store`` (Protocol, ``open_store``).
+``sql_store`` / ``memory_store`` (implementations), ``store`` (Protocol, ``open_store``),
+and what the HTTP API and the Python driver both answer: ``packs`` (deploying and resolving
+pack versions), ``listing`` (the executions listing and its cursors), ``history`` (a run's
+step history).
 
 Layering: imports ``dsl.errors`` only; never ``ray``, ``actors`` or ``serve_app``.
 """

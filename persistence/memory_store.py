@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 from dsl.errors import ExecutionNotFoundError, FencedError, PackConflictError
+from persistence.admission import MemoryAdmission
+from persistence.outbox import DeliveryCursor, MemoryOutbox, NewEvent, StoredEvent, check_events, claim_event, finish_event
 from persistence.records import (
     ACTIVE_STATUSES,
     FINISH_STATUSES,
@@ -77,7 +79,7 @@ def _copy_pack(pack: PackRecord) -> PackRecord:
     return dataclasses.replace(pack, document=_json_copy(pack.document))
 
 
-class MemoryStore:
+class MemoryStore(MemoryAdmission, MemoryOutbox):
     """In-process store with the :class:`~persistence.store.Store` contract; nothing is durable."""
 
     def __init__(self) -> None:
@@ -85,6 +87,9 @@ class MemoryStore:
         self._packs: dict[tuple[str, str], PackRecord] = {}
         self._executions: dict[str, ExecutionRecord] = {}
         self._checkpoints: dict[str, dict[tuple[str, int], StepCheckpoint]] = {}
+        self._secrets: dict[str, dict[str, Any]] = {}
+        self._events: dict[str, list[StoredEvent]] = {}  # the outbox (persistence.outbox)
+        self._deliveries: dict[tuple[str, str], DeliveryCursor] = {}
         self._closed = False
 
     async def close(self) -> None:
@@ -165,6 +170,7 @@ class MemoryStore:
         options: dict,
         isolation: str = "shared",
         status: str = "running",
+        secret_inputs: dict | None = None,
     ) -> ExecutionRecord:
         """Insert a new execution. See :meth:`persistence.store.Store.create_execution`."""
         self._check_open()
@@ -198,6 +204,8 @@ class MemoryStore:
             if eid in self._executions:
                 raise ValueError(f"execution {eid} already exists")
             self._executions[eid] = record
+            if secret_inputs:
+                self._secrets[eid] = _json_copy(dict(secret_inputs))
             self._checkpoints[eid] = {}
         return _copy_execution(record)
 
@@ -221,7 +229,7 @@ class MemoryStore:
         self._check_open()
         with self._lock:
             record = self._get(execution_id)
-            if record.status in ACTIVE_STATUSES:
+            if record.status == STATUS_RUNNING:
                 now = utc_now()
                 record = dataclasses.replace(
                     record,
@@ -231,6 +239,7 @@ class MemoryStore:
                     updated_at=now,
                 )
                 self._executions[record.execution_id] = record
+                self._append_events_locked(record.execution_id, [claim_event(record.owner_epoch)], now)
         return _copy_execution(record)
 
     async def write_checkpoint(
@@ -241,6 +250,7 @@ class MemoryStore:
         current_step: str | None = None,
         completed_step: str | None = None,
         context: dict | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
         """Record one step attempt, fenced. See :meth:`persistence.store.Store.write_checkpoint`."""
         self._check_open()
@@ -260,6 +270,7 @@ class MemoryStore:
             ended_at=as_utc(checkpoint.ended_at),
         )
         new_context = _json_copy(context)
+        new_events = check_events(events)
         with self._lock:
             record = self._fenced(checkpoint.execution_id, owner_epoch)
             rows = self._checkpoints[record.execution_id]
@@ -275,17 +286,23 @@ class MemoryStore:
             if inserted and completed_step is not None and completed_step not in record.completed_steps:
                 changes["completed_steps"] = [*record.completed_steps, completed_step]
             self._executions[record.execution_id] = dataclasses.replace(record, **changes)
+            if inserted:
+                self._append_events_locked(record.execution_id, new_events, changes["updated_at"])
         return inserted
 
-    async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
+    async def set_current_step(
+        self, execution_id: str, *, owner_epoch: int, step_key: str, events: Sequence[NewEvent] = ()
+    ) -> None:
         """Record the step being worked on, fenced. See :meth:`persistence.store.Store.set_current_step`."""
         self._check_open()
         check_length("step_key", step_key, MAX_STEP_KEY)
+        new_events = check_events(events)
         with self._lock:
             record = self._fenced(execution_id, owner_epoch)
             self._executions[record.execution_id] = dataclasses.replace(
                 record, current_step=step_key, updated_at=utc_now()
             )
+            self._append_events_locked(record.execution_id, new_events)
 
     async def finish_execution(
         self,
@@ -319,6 +336,7 @@ class MemoryStore:
                 updated_at=now,
             )
             self._executions[record.execution_id] = record
+            self._append_events_locked(record.execution_id, check_events([finish_event(status, error, new_detail)]), now)
         return _copy_execution(record)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
@@ -336,6 +354,20 @@ class MemoryStore:
             rows = list(self._checkpoints.get(eid or "", {}).values())
         rows.sort(key=lambda c: (c.ended_at, c.step_key, c.attempt))
         return [_copy_checkpoint(c) for c in rows]
+
+    async def load_secret_inputs(self, execution_id: str) -> dict:
+        """A run's secret inputs. See :meth:`persistence.store.Store.load_secret_inputs`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        with self._lock:
+            return _json_copy(self._secrets.get(eid or "", {}))
+
+    async def delete_secret_inputs(self, execution_id: str) -> None:
+        """Erase a run's secret inputs. See :meth:`persistence.store.Store.delete_secret_inputs`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        with self._lock:
+            self._secrets.pop(eid or "", None)
 
     async def list_executions(
         self, *, statuses: Collection[str] | None = None, limit: int = 100

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 declarative models of the three tables, and row -> record conversion.
+"""SQLAlchemy 2 declarative models of the four tables, and row -> record conversion.
 
 The schema is created and changed **only** by the Alembic migrations in
 ``persistence/migrations/versions``; ``Base.metadata`` is never passed to ``create_all``.
@@ -11,6 +11,12 @@ Tables::
     packs            PK (pack_id, version)            one row per immutable pack version
     executions       PK execution_id (uuid string)    one row per run, fenced by owner_epoch
     step_checkpoints PK (execution_id, step_key, attempt), FK -> executions ON DELETE CASCADE
+    execution_secrets PK (execution_id, name), FK -> executions ON DELETE CASCADE: the values
+                     of a run's ``secret: true`` inputs, kept out of ``executions.inputs``
+    execution_events PK (execution_id, seq), FK -> executions ON DELETE CASCADE: the event
+                     outbox, one row per lifecycle event (``persistence.outbox``)
+    event_deliveries PK (subscription, execution_id), FK -> executions ON DELETE CASCADE:
+                     how far each event subscription has delivered each run's events
 
 JSON columns are ``JSON`` on SQLite and ``JSONB`` on PostgreSQL. ``None`` is stored as
 SQL ``NULL`` (not the JSON literal ``null``). JSONB does not keep object key order, so a
@@ -58,10 +64,14 @@ from persistence.records import (
 
 __all__ = [
     "EXECUTIONS",
+    "EXECUTION_EVENTS",
+    "EVENT_DELIVERIES",
+    "EXECUTION_SECRETS",
     "PACKS",
     "STEP_CHECKPOINTS",
     "Base",
     "ExecutionRow",
+    "ExecutionSecretRow",
     "PackRow",
     "StepCheckpointRow",
     "execution_from_row",
@@ -170,10 +180,82 @@ class StepCheckpointRow(Base):
     node_id: Mapped[str | None] = mapped_column(String(MAX_NODE_ID), nullable=True)
 
 
+class ExecutionSecretRow(Base):
+    """The value of one ``secret: true`` input of a run (the secret store, ``docs/security.md``).
+
+    ``executions.inputs`` holds ``"***"`` in its place; rows go when the run ends.
+    """
+
+    __tablename__ = "execution_secrets"
+    __table_args__ = (
+        PrimaryKeyConstraint("execution_id", "name", name="pk_execution_secrets"),
+        ForeignKeyConstraint(
+            ["execution_id"],
+            ["executions.execution_id"],
+            name="fk_execution_secrets_execution_id_executions",
+            ondelete="CASCADE",
+        ),
+    )
+
+    execution_id: Mapped[str] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[Any] = mapped_column(json_type(), nullable=False)
+
+
+class ExecutionEventRow(Base):
+    """One lifecycle event of a run (the outbox, ``persistence.outbox``); ``seq`` 1, 2, ... per run, no gaps."""
+
+    __tablename__ = "execution_events"
+    __table_args__ = (
+        PrimaryKeyConstraint("execution_id", "seq", name="pk_execution_events"),
+        ForeignKeyConstraint(
+            ["execution_id"],
+            ["executions.execution_id"],
+            name="fk_execution_events_execution_id_executions",
+            ondelete="CASCADE",
+        ),
+        Index("ix_execution_events_created_at", "created_at"),
+    )
+
+    execution_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(100), nullable=False)
+    step_key: Mapped[str | None] = mapped_column(String(MAX_STEP_KEY), nullable=True)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[dict] = mapped_column(json_type(), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(_tz(), nullable=False)
+
+
+class EventDeliveryRow(Base):
+    """How far one event subscription has delivered one run's events, and the next event's retry state."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        PrimaryKeyConstraint("subscription", "execution_id", name="pk_event_deliveries"),
+        ForeignKeyConstraint(
+            ["execution_id"],
+            ["executions.execution_id"],
+            name="fk_event_deliveries_execution_id_executions",
+            ondelete="CASCADE",
+        ),
+    )
+
+    subscription: Mapped[str] = mapped_column(String(100))
+    execution_id: Mapped[str] = mapped_column(String(36))
+    delivered_seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(_tz(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(_tz(), nullable=False)
+
+
 #: Core ``Table`` objects; the store builds statements against these.
 PACKS: Table = PackRow.__table__  # type: ignore[assignment]
 EXECUTIONS: Table = ExecutionRow.__table__  # type: ignore[assignment]
 STEP_CHECKPOINTS: Table = StepCheckpointRow.__table__  # type: ignore[assignment]
+EXECUTION_SECRETS: Table = ExecutionSecretRow.__table__  # type: ignore[assignment]
+EXECUTION_EVENTS: Table = ExecutionEventRow.__table__  # type: ignore[assignment]
+EVENT_DELIVERIES: Table = EventDeliveryRow.__table__  # type: ignore[assignment]
 
 
 def _opt_utc(value: datetime | None) -> datetime | None:

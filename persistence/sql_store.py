@@ -16,12 +16,15 @@ The hot path, :meth:`SqlStore.write_checkpoint`, is two statements in one transa
 ``INSERT ... ON CONFLICT DO NOTHING`` of the checkpoint (first write wins), then the fenced
 ``UPDATE`` of the execution, which appends the completed step key to ``completed_steps``
 in SQL (``jsonb ||`` on PostgreSQL, ``json_insert`` on SQLite) only when the checkpoint
-row was new and the key is not already listed.
+row was new and the key is not already listed; then, when the checkpoint row was new, one
+``INSERT`` per outbox event of the attempt (:mod:`persistence.outbox`: the claim, the
+step's start, the checkpoint and the finish each write their events in their own
+transaction).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
@@ -33,8 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from dsl.errors import ExecutionNotFoundError, FencedError, PackConflictError
+from persistence.admission import SqlAdmission
 from persistence.engine import WRITE_OPTION
+from persistence.outbox import NewEvent, SqlOutbox, check_events, claim_event, finish_event, insert_events_in_transaction
 from persistence.models import (
+    EXECUTION_SECRETS,
     EXECUTIONS,
     PACKS,
     STEP_CHECKPOINTS,
@@ -97,7 +103,7 @@ def _plain_value_errors() -> Iterator[None]:
         raise
 
 
-class SqlStore:
+class SqlStore(SqlAdmission, SqlOutbox):
     """Durable store on a SQLAlchemy :class:`~sqlalchemy.ext.asyncio.AsyncEngine`.
 
     Build it with :func:`persistence.store.open_store`, which also migrates the schema.
@@ -258,6 +264,7 @@ class SqlStore:
         options: dict,
         isolation: str = "shared",
         status: str = "running",
+        secret_inputs: dict | None = None,
     ) -> ExecutionRecord:
         """Insert a new execution. See :meth:`persistence.store.Store.create_execution`."""
         self._check_open()
@@ -291,10 +298,13 @@ class SqlStore:
             )
             .returning(*EXECUTIONS.c)
         )
+        secrets = [{"execution_id": eid, "name": str(k), "value": v} for k, v in (secret_inputs or {}).items()]
         try:
             with _plain_value_errors():
                 async with self._writer.begin() as conn:
                     row = (await conn.execute(stmt)).mappings().one()
+                    if secrets:
+                        await conn.execute(EXECUTION_SECRETS.insert(), secrets)
         except IntegrityError as exc:
             raise ValueError(f"execution {eid} already exists") from exc
         return execution_from_row(row)
@@ -308,7 +318,7 @@ class SqlStore:
         now = _ts(utc_now())
         stmt = (
             update(EXECUTIONS)
-            .where(EXECUTIONS.c.execution_id == eid, EXECUTIONS.c.status.in_(ACTIVE_STATUSES))
+            .where(EXECUTIONS.c.execution_id == eid, EXECUTIONS.c.status == STATUS_RUNNING)
             .values(
                 owner_epoch=EXECUTIONS.c.owner_epoch + 1,
                 status=STATUS_RUNNING,
@@ -321,6 +331,8 @@ class SqlStore:
             row = (await conn.execute(stmt)).mappings().first()
             if row is None:
                 row = (await conn.execute(self._select_one(eid))).mappings().first()
+            else:  # the outbox: the claim's event in the claim's transaction (persistence.outbox)
+                await insert_events_in_transaction(conn, eid, [claim_event(int(row["owner_epoch"]))])
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         return execution_from_row(row)
@@ -333,6 +345,7 @@ class SqlStore:
         current_step: str | None = None,
         completed_step: str | None = None,
         context: dict | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
         """Record one step attempt, fenced. See :meth:`persistence.store.Store.write_checkpoint`."""
         self._check_open()
@@ -344,6 +357,7 @@ class SqlStore:
         check_length("completed_step", completed_step, MAX_STEP_KEY, required=False)
         if context is not None and not isinstance(context, dict):
             raise ValueError(f"context must be a dict or None, got {type(context).__name__}")
+        new_events = check_events(events)
         insert = (
             self._insert(STEP_CHECKPOINTS)
             .values(
@@ -375,6 +389,8 @@ class SqlStore:
                         values["completed_steps"] = self._append_step(completed_step)
                     if (await conn.execute(self._fenced(eid, owner_epoch).values(**values))).rowcount != 1:
                         raise _Refused
+                    if inserted and new_events:  # after the fenced UPDATE: its row lock orders the seqs
+                        await insert_events_in_transaction(conn, eid, new_events)
         except _Refused:
             await self._refuse(eid, checkpoint.execution_id, owner_epoch)
         except IntegrityError as exc:
@@ -382,16 +398,21 @@ class SqlStore:
             await self._refuse(eid, checkpoint.execution_id, owner_epoch, original=exc)
         return inserted
 
-    async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
+    async def set_current_step(
+        self, execution_id: str, *, owner_epoch: int, step_key: str, events: Sequence[NewEvent] = ()
+    ) -> None:
         """Record the step being worked on, fenced. See :meth:`persistence.store.Store.set_current_step`."""
         self._check_open()
         eid = normalize_execution_id(execution_id)
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
         check_length("step_key", step_key, MAX_STEP_KEY)
+        new_events = check_events(events)
         stmt = self._fenced(eid, owner_epoch).values(current_step=step_key, updated_at=_ts(utc_now()))
         async with self._writer.begin() as conn:
             matched = (await conn.execute(stmt)).rowcount
+            if matched == 1 and new_events:
+                await insert_events_in_transaction(conn, eid, new_events)
         if matched != 1:
             await self._refuse(eid, execution_id, owner_epoch)
 
@@ -431,6 +452,8 @@ class SqlStore:
                 row = (await conn.execute(stmt)).mappings().first()
                 if row is None:
                     row = (await conn.execute(self._select_one(eid))).mappings().first()
+                else:  # the outbox: the final event in the final write's transaction
+                    await insert_events_in_transaction(conn, eid, check_events([finish_event(status, error, error_detail)]))
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         if row["status"] not in TERMINAL_STATUSES:
@@ -459,6 +482,26 @@ class SqlStore:
         stmt = select(t).where(t.c.execution_id == eid).order_by(t.c.ended_at, t.c.step_key, t.c.attempt)
         async with self._engine.connect() as conn:
             return [checkpoint_from_row(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def load_secret_inputs(self, execution_id: str) -> dict:
+        """A run's secret inputs. See :meth:`persistence.store.Store.load_secret_inputs`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            return {}
+        t = EXECUTION_SECRETS
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(t.c.name, t.c.value).where(t.c.execution_id == eid))).all()
+        return {name: value for name, value in rows}
+
+    async def delete_secret_inputs(self, execution_id: str) -> None:
+        """Erase a run's secret inputs. See :meth:`persistence.store.Store.delete_secret_inputs`."""
+        self._check_open()
+        eid = normalize_execution_id(execution_id)
+        if eid is None:
+            return
+        async with self._writer.begin() as conn:
+            await conn.execute(EXECUTION_SECRETS.delete().where(EXECUTION_SECRETS.c.execution_id == eid))
 
     async def list_executions(
         self, *, statuses: Collection[str] | None = None, limit: int = 100

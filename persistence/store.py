@@ -26,13 +26,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 
 from dsl.errors import ConfigurationError
 from persistence.engine import SETTING, check_schema, create_engine_for, normalize_url, probe, run_migrations
 from persistence.memory_store import MemoryStore
+from persistence.outbox import DeliveryCursor, EventHead, NewEvent, StoredEvent
 from persistence.records import ExecutionRecord, PackRecord, StepCheckpoint
 from persistence.sql_store import SqlStore
 
@@ -111,6 +112,7 @@ class Store(Protocol):
         options: dict,
         isolation: str = "shared",
         status: str = "running",
+        secret_inputs: dict | None = None,
     ) -> ExecutionRecord:
         """Insert a new execution with ``owner_epoch`` 0, empty context and no steps done.
 
@@ -123,6 +125,8 @@ class Store(Protocol):
             options: run options.
             isolation: ``shared`` or ``dedicated``.
             status: ``queued`` (``started_at`` stays ``None``) or ``running`` (``started_at`` = now).
+            secret_inputs: values of the run's ``secret: true`` inputs (``inputs`` holds
+                ``"***"`` for them), written to the secret store in the same transaction.
 
         Raises:
             ValueError: a malformed id, an id that already exists, or a bad argument.
@@ -130,15 +134,35 @@ class Store(Protocol):
         ...
 
     async def claim_execution(self, execution_id: str) -> ExecutionRecord:
-        """Atomically take ownership of an active run.
+        """Atomically take ownership of a ``running`` run.
 
-        Increments ``owner_epoch``, sets status ``running`` and ``started_at`` (if unset).
-        The returned ``owner_epoch`` is the caller's fencing token. A terminal run is
-        returned unchanged (no epoch bump): check ``record.status``.
+        Increments ``owner_epoch`` and sets ``started_at`` (if unset). The returned
+        ``owner_epoch`` is the caller's fencing token. A ``queued`` run (not admitted yet,
+        see :mod:`persistence.admission`) or a terminal one is returned unchanged (no epoch
+        bump): check ``record.status``.
 
         Raises:
             ExecutionNotFoundError: no such execution (or a malformed id).
         """
+        ...
+
+    async def admit_queued(self, max_running: int) -> list[ExecutionRecord]:
+        """Admit the oldest ``queued`` runs while fewer than ``max_running`` run (FDD §9.2).
+
+        See :meth:`persistence.admission.SqlAdmission.admit_queued`.
+        """
+        ...
+
+    async def cancel_queued(self, execution_id: str) -> ExecutionRecord | None:
+        """Cancel a run still ``queued``; ``None`` when it was not queued."""
+        ...
+
+    async def count_by_status(self, statuses: Collection[str] = ("queued", "running")) -> dict[str, int]:
+        """``{status: count}`` for each of ``statuses`` (queue depth and running runs)."""
+        ...
+
+    async def unclaimed_running(self, older_than_s: float) -> list[tuple[str, str]]:
+        """``[(execution_id, isolation)]`` of runs admitted ``older_than_s`` s ago, never claimed."""
         ...
 
     async def write_checkpoint(
@@ -149,6 +173,7 @@ class Store(Protocol):
         current_step: str | None = None,
         completed_step: str | None = None,
         context: dict | None = None,
+        events: Sequence[NewEvent] = (),
     ) -> bool:
         """Record one step attempt and advance the run, in one transaction.
 
@@ -164,6 +189,9 @@ class Store(Protocol):
             current_step: new ``current_step``, if any.
             completed_step: step key to append to ``completed_steps``, if any.
             context: new saved evaluation context, if any.
+            events: outbox events of this attempt (``step.completed``...), written in the
+                same transaction, numbered after the run's last event, and only when the
+                checkpoint row is new (:mod:`persistence.outbox`).
 
         Returns:
             ``True`` if the checkpoint row was inserted, ``False`` if it existed already.
@@ -175,8 +203,10 @@ class Store(Protocol):
         """
         ...
 
-    async def set_current_step(self, execution_id: str, *, owner_epoch: int, step_key: str) -> None:
-        """Set ``current_step`` (fenced like :meth:`write_checkpoint`).
+    async def set_current_step(
+        self, execution_id: str, *, owner_epoch: int, step_key: str, events: Sequence[NewEvent] = ()
+    ) -> None:
+        """Set ``current_step`` (fenced like :meth:`write_checkpoint`), with ``events`` (``step.started``) in the same transaction.
 
         Raises:
             FencedError: stale epoch or terminal run.
@@ -223,6 +253,44 @@ class Store(Protocol):
 
     async def load_checkpoints(self, execution_id: str) -> list[StepCheckpoint]:
         """A run's checkpoints ordered by ``ended_at``, ``step_key``, ``attempt``; ``[]`` if none (or no such run)."""
+        ...
+
+    async def load_secret_inputs(self, execution_id: str) -> dict:
+        """The run's secret input values, ``{name: value}``; ``{}`` if none, erased or no such run.
+
+        Only the run's owner calls this, to build the run's scheduler (``docs/security.md``).
+        """
+        ...
+
+    async def delete_secret_inputs(self, execution_id: str) -> None:
+        """Erase the run's secret input values (the run ended: they are not needed again)."""
+        ...
+
+    # The event outbox and delivery cursors (persistence.outbox, docs/events.md). Claims,
+    # finishes and ``cancel_queued`` write their own ``execution.*`` event in their transaction.
+
+    async def append_events(self, execution_id: str, *, owner_epoch: int, events: Sequence[NewEvent]) -> list[int]:
+        """Write events without another state change, fenced. See :meth:`persistence.outbox.SqlOutbox.append_events`."""
+        ...
+
+    async def load_events(self, execution_id: str, after: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        """A run's stored events with ``seq > after``, by ``seq``; ``[]`` if none."""
+        ...
+
+    async def recent_event_heads(self, since: datetime | None) -> list[EventHead]:
+        """Runs with events written since ``since`` (all when None) and their last ``seq``."""
+        ...
+
+    async def delivery_cursors(self, subscription: str, execution_ids: Collection[str]) -> dict[str, DeliveryCursor]:
+        """The delivery cursors of ``subscription`` for those runs."""
+        ...
+
+    async def ack_delivery(self, subscription: str, execution_id: str, seq: int) -> None:
+        """``subscription`` delivered the run's events up to ``seq``."""
+        ...
+
+    async def delivery_failed(self, subscription: str, execution_id: str, *, error: str, retry_at: datetime) -> None:
+        """A delivery attempt of the run's next event failed; try again at ``retry_at``."""
         ...
 
     async def list_executions(

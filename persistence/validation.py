@@ -18,6 +18,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from dsl.errors import UnstorableValueError
+from dsl.loader import escape_pointer
 from persistence.records import (
     EXECUTION_STATUSES,
     ISOLATION_MODES,
@@ -41,6 +43,7 @@ __all__ = [
     "check_limit",
     "check_new_execution",
     "check_new_pack",
+    "check_storable",
     "normalize_execution_id",
     "plain_status",
     "status_filter",
@@ -203,3 +206,41 @@ def check_limit(limit: object) -> None:
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+
+
+def check_storable(value: Any, pointer: str = "") -> None:
+    """Refuse strings (keys too) that PostgreSQL cannot store: NUL and unpaired surrogates.
+
+    Walks nested dicts and lists without recursion (any depth).
+
+    Args:
+        value: a JSON-like value (a pack document, a request body, run inputs).
+        pointer: JSON pointer of ``value`` itself, prefixed to the reported pointer.
+
+    Raises:
+        UnstorableValueError: with the JSON pointer of the first such string.
+    """
+    stack: list[tuple[Any, str]] = [(value, pointer)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if not _storable(node):
+                raise UnstorableValueError(where)
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                child_pointer = f"{where}/{escape_pointer(str(key))}"
+                if not _storable(str(key)):
+                    raise UnstorableValueError(child_pointer)
+                stack.append((child, child_pointer))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}/{i}") for i, child in enumerate(node))
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

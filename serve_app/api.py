@@ -10,6 +10,7 @@
     GET  /v1/workflows/executions/{id}/steps            read     200 {execution_id, status, steps: [...]}
     GET  /v1/workflows/executions/{id}/events           read     200 {execution_id, status, source, done, events}
     GET  /v1/workflows/executions/{id}/events/stream    read     200 text/event-stream until the run ends
+    GET  /v1/workflows/queue                            read     200 {max_concurrent_executions, running, queued}
     POST /v1/packs                                      deploy   201 new / 200 identical {id, version, …}
     GET  /v1/packs                                      read     200 {packs: [summary...]}
     GET  /v1/packs/{id}/versions                        read     200 {id, latest, versions: [...]}
@@ -39,12 +40,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from actors.registry import ServiceRegistry
 from actors.settings import Settings
 from dsl.errors import ConfigurationError
+from dsl.task_spec import TaskPolicy
+from persistence.packs import deploy_pack, latest_version, plausible_pack_key, sort_versions
 from serve_app.auth import ApiKeyring, ApiSettings, Principal
 from serve_app.backend import Backend
 from serve_app.errors import IdempotencyKeyInvalidError, PackNotFoundError, UnsupportedMediaTypeError
 from serve_app.events import KEEPALIVE_S, event_stream
 from serve_app.listing import pack_id_filter, utc_bound
-from serve_app.packs import deploy_pack, latest_version, plausible_pack_key, sort_versions
 from serve_app.problems import BodyLimitMiddleware, SafeJSONResponse, problem, register_problem_handler
 from serve_app.schemas import (
     JSON_TYPES,
@@ -59,6 +61,7 @@ from serve_app.schemas import (
     PackDeployed,
     PackDetail,
     PackList,
+    QueueDepth,
     PackSummary,
     PackVersions,
     Problem,
@@ -270,6 +273,12 @@ def create_app(
 
     # --- packs (Designer) -------------------------------------------------------------------
 
+    @app.get("/v1/workflows/queue", tags=["executions"], response_model=None,
+             responses=documented(QueueDepth, 401, 403, 503))
+    async def queue(_: Principal = Depends(scope("read"))) -> dict[str, Any]:
+        """Admission control (FDD §9.2): the limit on running runs, and how many run and wait."""
+        return await backend.queue_depth()
+
     @app.post("/v1/packs", status_code=201, tags=["packs"], openapi_extra=_PACK_BODY, response_model=None,
               responses=documented(PackDeployed, 400, 401, 403, 409, 413, 415, 422, 503, status=201,
                                    description="Deployed (200: the same document was deployed already)",
@@ -284,12 +293,15 @@ def create_app(
         else:
             raise UnsupportedMediaTypeError(kind, (*YAML_TYPES[:1], *JSON_TYPES))
         store = await backend.store()
-        deployed = await deploy_pack(store, await read_text(request), fmt, backend.registry.names())
+        # Registered task names are checked when a run starts; modules against the allowlist now.
+        deployed = await deploy_pack(
+            store, await read_text(request), fmt, backend.registry.names(), TaskPolicy(backend.settings.task_modules)
+        )
         record = deployed.record
         if not deployed.created:
             response.status_code = 200
         response.headers["Location"] = f"/v1/packs/{record.pack_id}/versions/{record.version}"
-        return {**pack_summary(record), "created": deployed.created, "warnings": list(deployed.warnings)}
+        return deployed.summary()
 
     @app.get("/v1/packs", tags=["packs"], response_model=None, responses=documented(PackList, 401, 403, 503))
     async def list_packs(_: Principal = Depends(scope("read"))) -> dict[str, Any]:

@@ -14,7 +14,7 @@ insert race inside the host and is answered the same way. The same key with a di
 pack, version, inputs or options raises :class:`IdempotencyKeyReusedError` (422). Keys do
 not expire while the execution row exists.
 
-Listing (:meth:`Backend.list_page`) pages the store by keyset (:mod:`serve_app.listing`).
+Listing (:meth:`Backend.list_page`) pages the store by keyset (:mod:`persistence.listing`).
 Events (:meth:`Backend.host_events`, :meth:`Backend.execution_events`) come from the run's
 host when it holds them, looked up by name and never created for a read; otherwise they
 are rebuilt from the checkpoints (:mod:`serve_app.events`).
@@ -38,13 +38,17 @@ from actors.settings import Settings
 from dsl.errors import InputValidationError, PackValidationError, WorkflowError
 from dsl.models import WorkflowPack
 from dsl.state import ExecutionStatus, is_terminal
+from dsl.secrets import mask_secret_inputs
+from dsl.task_spec import TaskPolicy
 from dsl.validation import validate_document, validate_inputs
+from persistence.listing import list_page
+from persistence.packs import resolve_pack
 from persistence.records import ExecutionRecord
 from persistence.store import Store, open_store
 from serve_app.errors import EngineUnavailableError, ExecutionFinishedError, IdempotencyKeyReusedError
+from persistence.outbox import MAX_EVENTS_PER_READ
 from serve_app.events import host_event, synthesize
-from serve_app.listing import decode_cursor, encode_cursor, list_item
-from serve_app.packs import resolve_pack
+from serve_app.listing import decode_cursor
 from serve_app.schemas import ExecuteRequest
 
 __all__ = ["IDEMPOTENCY_NAMESPACE", "Backend", "idempotent_execution_id"]
@@ -179,7 +183,8 @@ class Backend:
                 return replay, True
         record = await resolve_pack(store, request.workflow_pack_id, request.version)
         loaded = validate_document(
-            record.document, f"{record.pack_id}@{record.version}", services=self.registry.names()
+            record.document, f"{record.pack_id}@{record.version}", services=self.registry.names(),
+            tasks=TaskPolicy(self.settings.task_modules),  # registered names: checked when the step runs
         )
         inputs = validate_inputs(loaded.pack, request.inputs)
         isolation = request.options.isolation or loaded.pack.isolation
@@ -242,17 +247,15 @@ class Backend:
             RequestValidationError: a malformed cursor (422 naming ``cursor``).
         """
         position = decode_cursor(cursor) if cursor is not None else None
-        rows = await (await self.store()).list_executions_page(
+        return await list_page(
+            await self.store(),
             workflow_pack_id=workflow_pack_id,
             statuses=statuses,
             created_after=created_after,
             created_before=created_before,
             after=position,
-            limit=limit + 1,
+            limit=limit,
         )
-        page = rows[:limit]
-        more = len(rows) > limit
-        return {"items": [list_item(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}
 
     async def _existing_host(self, execution_id: str, isolation: str) -> Any | None:
         """The run's ExecutionHost if it exists now (never creates one), else None."""
@@ -328,6 +331,11 @@ class Backend:
             ExecutionNotFoundError, EngineUnavailableError.
         """
         record = await self.record(execution_id)
+        stored = await self.stored_events(record.execution_id, after)
+        if stored is not None:  # the outbox (persistence.outbox): durable, seq gap-free across restarts
+            events, more = stored[:MAX_EVENTS_PER_READ], len(stored) > MAX_EVENTS_PER_READ
+            return {"execution_id": record.execution_id, "status": record.status, "source": "outbox",
+                    "done": record.is_terminal and not more, "more": more, "events": events}
         live = await self.host_events(record.execution_id, record.isolation, after, 0.0)
         if live is not None and live["done"] and not record.is_terminal:
             record = await self.record(execution_id)  # it ended since it was read
@@ -340,6 +348,20 @@ class Backend:
             source, done = "checkpoints", record.is_terminal
         return {"execution_id": record.execution_id, "status": record.status, "source": source, "done": done,
                 "events": events}
+
+    async def stored_events(self, execution_id: str, after: int) -> list[dict[str, Any]] | None:
+        """The run's outbox events with ``seq > after`` (API form, at most ``MAX_EVENTS_PER_READ + 1``).
+
+        None when the run has no stored event at all (it has not started, it ran before the
+        outbox existed, or persistence is off): then the host or the checkpoints speak for it.
+        """
+        store = await self.store()
+        events = await store.load_events(execution_id, after, MAX_EVENTS_PER_READ + 1)
+        if events:
+            return [e.to_dict() for e in events]
+        if after > 0 and await store.load_events(execution_id, 0, 1):
+            return []
+        return None
 
     async def record_and_checkpoints(self, execution_id: str) -> tuple[ExecutionRecord, list[Any]]:
         """The run's record and its step checkpoints. Raises ExecutionNotFoundError."""
@@ -380,6 +402,11 @@ class Backend:
             raise ExecutionFinishedError(eid, current["status"])
         raise EngineUnavailableError(f"execution {eid} did not stop; try again")
 
+    async def queue_depth(self) -> dict[str, int]:
+        """``{"max_concurrent_executions", "running", "queued"}`` of the deployment (FDD §9.2, §10)."""
+        counts = await (await self.store()).count_by_status(("running", "queued"))
+        return {"max_concurrent_executions": self.settings.max_concurrent_executions, **counts}
+
     # --- health ---------------------------------------------------------------------------
 
     async def readiness(self) -> dict[str, str]:
@@ -416,7 +443,9 @@ def _same_request(existing: ExecutionRecord, request: ExecuteRequest) -> bool:
     if request.engine_options() != existing.options:
         return False
     try:
-        inputs = validate_inputs(WorkflowPack.model_validate(existing.pack_document), request.inputs)
+        pack = WorkflowPack.model_validate(existing.pack_document)
+        inputs = validate_inputs(pack, request.inputs)
     except (InputValidationError, PackValidationError, ValueError):
         return False
-    return inputs == existing.inputs
+    # Stored inputs hold "***" for secret inputs (docs/security.md): compare them that way.
+    return mask_secret_inputs(pack.input_schema(), inputs) == existing.inputs

@@ -18,6 +18,11 @@ Endpoints (JSON in, JSON out):
                                             ``{"approved": bool, "risk": "low"|"high"}``
 ``POST /compliance/v1/manager-review``      → ``{"approved": true, "reviewer": ...}``
 ``POST /ledger/v1/entries``                 any JSON → ``{"recorded": true, "entry_id": "le-…"}``
+``POST /ledger/v1/audit``                   an audit record (JSON object) → ``{"recorded": true,
+                                            "audit_id": "au-…", "duplicate": bool}``; deduplicated
+                                            on ``Idempotency-Key`` (FDD §4.1 audit logging)
+``GET /ledger/v1/audit``                    ``{"records": [...]}`` in arrival order, without
+                                            duplicates; ``?execution_id=`` filters
 ``GET|POST|PUT /echo/{path}``               → ``{"method", "path", "body", "query"}``
 ``GET /_demo/calls``                        counters and the last 1000 calls (not counted)
 ``POST /_demo/reset``                       clears counters and fault progress
@@ -394,6 +399,10 @@ def _canonical(value: Any) -> bytes:
 # --------------------------------------------------------------------------- app
 
 
+#: Audit records the demo Ledger keeps (the oldest go first).
+_AUDIT_KEPT = 100_000
+
+
 def create_app(*, latency_ms: int = 0, faults: list[Fault] | None = None) -> FastAPI:
     """Build the demo services app.
 
@@ -464,6 +473,27 @@ def create_app(*, latency_ms: int = 0, faults: list[Fault] | None = None) -> Fas
         body = await _json_or_none(request)  # parsed even with a key: bad JSON is still a 422
         seed = key.encode() if key is not None else _canonical(body)
         return {"recorded": True, "entry_id": "le-" + hashlib.sha256(seed).hexdigest()[:12]}
+
+    # The audit log (FDD §4.1): records kept once per Idempotency-Key, oldest dropped past the cap.
+    audit: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+
+    @app.post("/ledger/v1/audit")
+    async def ledger_audit(request: Request) -> dict[str, Any]:
+        body = await _json_or_none(request)
+        if not isinstance(body, dict):
+            raise _BadBody("body must be a JSON object (an audit record)")
+        key = request.headers.get("idempotency-key") or hashlib.sha256(_canonical(body)).hexdigest()
+        duplicate = key in audit
+        if not duplicate:
+            audit[key] = body
+            while len(audit) > _AUDIT_KEPT:
+                audit.popitem(last=False)
+        return {"recorded": True, "audit_id": "au-" + hashlib.sha256(key.encode()).hexdigest()[:12], "duplicate": duplicate}
+
+    @app.get("/ledger/v1/audit")
+    async def ledger_audit_records(execution_id: str | None = None) -> dict[str, Any]:
+        records = [r for r in audit.values() if execution_id is None or r.get("execution_id") == execution_id]
+        return {"records": records}
 
     @app.api_route("/echo/{rest:path}", methods=["GET", "POST", "PUT"])
     async def echo(request: Request, rest: str) -> dict[str, Any]:

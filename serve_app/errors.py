@@ -9,22 +9,24 @@ API's single problem handler (:mod:`serve_app.problems`) maps them with the rest
         ├── IdempotencyKeyInvalidError  400 idempotency_key_invalid header malformed
         ├── AuthenticationError         401 unauthorized            no / unknown bearer key
         ├── ForbiddenError              403 forbidden               key lacks the scope
-        ├── PackNotFoundError           404 pack_not_found          no such pack (version)
         ├── ExecutionFinishedError      409 execution_finished      cancel of a completed/failed run
         ├── PayloadTooLargeError        413 payload_too_large       body over the limit
         ├── UnsupportedMediaTypeError   415 unsupported_media_type  wrong Content-Type
         ├── IdempotencyKeyReusedError   422 idempotency_key_reused  same key, different request
-        ├── UnstorableValueError        422 value_unstorable        NUL / lone surrogate in a string
         └── EngineUnavailableError      503 engine_unavailable      Ray or a host did not answer
 
 Like every WorkflowError they keep their constructor arguments in ``args`` (so they pickle).
+
+``PackNotFoundError`` (404 ``pack_not_found``) and ``UnstorableValueError`` (422
+``value_unstorable``) are raised below the API too (the pack store, the Python driver),
+so they live in :mod:`dsl.errors`; they are re-exported here for the API's code.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dsl.errors import WorkflowError
+from dsl.errors import PackNotFoundError, UnstorableValueError, WorkflowError
 
 __all__ = [
     "ApiError",
@@ -160,31 +162,6 @@ class ForbiddenError(ApiError):
         return {"required_scope": self.scope}
 
 
-class PackNotFoundError(ApiError):
-    """No such pack, pack version, or (version omitted) no version that is not deprecated.
-
-    Args:
-        pack_id: the pack asked for.
-        version: the version asked for, or None for "latest".
-        reason: what is missing, one sentence, when not the obvious.
-    """
-
-    code = "pack_not_found"
-    status = 404
-    title = "Pack not found"
-
-    def __init__(self, pack_id: str, version: str | None = None, reason: str | None = None) -> None:
-        super().__init__(pack_id, version, reason)
-        self.pack_id, self.version, self.reason = pack_id, version, reason
-
-    def message(self) -> str:
-        if self.reason:
-            return self.reason
-        if self.version is None:
-            return f"no pack with id {self.pack_id!r}"
-        return f"no pack {self.pack_id!r} with version {self.version!r}"
-
-
 class ExecutionFinishedError(ApiError):
     """A cancel request for a run that already ended ``completed`` or ``failed``.
 
@@ -277,29 +254,6 @@ class IdempotencyKeyReusedError(ApiError):
     @property
     def extra(self) -> dict[str, Any]:
         return {"execution_id": self.execution_id}
-
-
-class UnstorableValueError(ApiError):
-    """A string holds a NUL character or a lone surrogate, which the database cannot store.
-
-    Args:
-        pointer: JSON pointer of the string in the request body.
-    """
-
-    code = "value_unstorable"
-    status = 422
-    title = "Value cannot be stored"
-
-    def __init__(self, pointer: str) -> None:
-        super().__init__(pointer)
-        self.pointer = pointer
-
-    def message(self) -> str:
-        return f"the string at {self.pointer or '/'} holds a NUL character or an unpaired surrogate"
-
-    @property
-    def errors(self) -> list[dict[str, Any]]:
-        return [{"pointer": self.pointer, "message": self.message(), "code": self.code}]
 
 
 class EngineUnavailableError(ApiError):

@@ -2,6 +2,10 @@
 
 Sources (docs/api.md, "Events"):
 
+* **outbox** — the events stored with each state change (:mod:`persistence.outbox`):
+  durable, numbered 1, 2, 3, ... per run without gaps, the same across host restarts. Used
+  whenever the run has stored events (every run started since the outbox exists, with
+  persistence on); the other two sources speak only for runs without them.
 * **host** — the ExecutionHost running the run keeps its events in memory
   (:meth:`actors.host.ExecutionHost.events`): ``execution.started``/``resumed``,
   ``step.started``, ``step.<status>`` per attempt, ``step.retrying`` and the final
@@ -38,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 
 from dsl.errors import ConfigurationError
+from persistence.outbox import TERMINAL_EVENT_TYPES
 from persistence.records import ExecutionRecord, StepCheckpoint, isoformat_z
 from serve_app.errors import EngineUnavailableError
 
@@ -52,6 +57,8 @@ log = logging.getLogger("cortx.api")
 KEEPALIVE_S = 15.0
 #: How often a stream without a host re-reads the database.
 POLL_S = 1.0
+#: How often a stream reads the outbox for new events, in s.
+OUTBOX_POLL_S = 0.25
 #: Host polls in a row that report a run not ended while the database says it ended.
 STALE_POLLS = 2
 
@@ -124,6 +131,13 @@ async def _events(
     backend: Backend, record: ExecutionRecord, after: int, keepalive_s: float, poll_s: float
 ) -> AsyncIterator[str]:
     execution_id = record.execution_id
+    # The outbox speaks for a run with stored events, and for one never claimed yet on a
+    # durable store: its claim writes its first event there (persistence.outbox).
+    unclaimed = record.owner_epoch == 0 and not record.is_terminal and not backend.settings.store_url.startswith("memory:")
+    if unclaimed or await backend.stored_events(execution_id, after) is not None:
+        async for chunk in _outbox_events(backend, execution_id, after, keepalive_s):
+            yield chunk
+        return
     sent: set[tuple[Any, ...]] = set()
     last: dict[str, Any] | None = None
     from_host = True
@@ -176,6 +190,32 @@ async def _events(
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"
         await asyncio.sleep(poll_s)
+
+
+async def _outbox_events(backend: Backend, execution_id: str, after: int, keepalive_s: float) -> AsyncIterator[str]:
+    """The stream from the outbox: poll it every ``OUTBOX_POLL_S``; end after the final event.
+
+    The record is read *before* the events: the final event is committed with the final
+    status, so a run that had ended then has all its events in the read that follows.
+    """
+    quiet_since = time.monotonic()
+    while True:
+        record = await backend.record(execution_id)
+        events = await backend.stored_events(execution_id, after) or []
+        for event in events:
+            after = int(event["seq"])
+            quiet_since = time.monotonic()
+            yield sse_message(event)
+            if event["type"] in TERMINAL_EVENT_TYPES:
+                return
+        if events:
+            continue
+        if record.is_terminal:
+            return
+        if time.monotonic() - quiet_since >= keepalive_s:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(OUTBOX_POLL_S)
 
 
 async def _host_has(backend: Backend, record: ExecutionRecord, seq: int, last: dict[str, Any] | None) -> bool:

@@ -26,7 +26,9 @@ PackLoadError                          400     pack_unreadable
 ExpressionError (any)                  422     its own code
 ConfigurationError                     503     configuration_invalid (detail hidden)
 ExecutionNotFoundError                 404     execution_not_found
+PackNotFoundError                      404     pack_not_found
 PackConflictError / FencedError        409     pack_conflict / owner_fenced
+UnstorableValueError                   422     value_unstorable (pointer in errors)
 ApiError subclasses (serve_app.errors) theirs  theirs
 RequestValidationError                 422     request_invalid (400 body_malformed)
 DBAPIError / OSError                   503     database_unavailable (detail hidden, logged)
@@ -56,7 +58,9 @@ from dsl.errors import (
     InputValidationError,
     PackConflictError,
     PackLoadError,
+    PackNotFoundError,
     PackValidationError,
+    UnstorableValueError,
     ValidationIssue,
     WorkflowError,
 )
@@ -85,6 +89,8 @@ _TITLES: dict[str, str] = {
     "configuration_invalid": "Service unavailable",
     "execution_not_found": "Execution not found",
     "pack_conflict": "Pack version already exists with a different body",
+    "pack_not_found": "Pack not found",
+    "value_unstorable": "Value cannot be stored",
     "owner_fenced": "Execution owned by another worker",
     "request_invalid": "Invalid request",
     "body_malformed": "Malformed request body",
@@ -101,6 +107,7 @@ _STATUS: tuple[tuple[type[WorkflowError], int], ...] = (
     (ExpressionError, 422),
     (ConfigurationError, 503),
     (ExecutionNotFoundError, 404),
+    (PackNotFoundError, 404),
     (PackConflictError, 409),
     (FencedError, 409),
 )
@@ -197,6 +204,9 @@ def problem_response(request: Request, exc: BaseException) -> JSONResponse:
         if exc.line is not None:
             error.update(line=exc.line, column=exc.column or 1)
         return problem(400, exc.code, exc.message(), instance=instance, errors=[error])
+    if isinstance(exc, UnstorableValueError):
+        return problem(422, exc.code, exc.message(), instance=instance,
+                       errors=[{"pointer": exc.pointer, "message": exc.message(), "code": exc.code}])
     if isinstance(exc, ConfigurationError):
         # The message may name hosts or paths of the deployment: log it, do not answer it.
         log.error("configuration problem answering %s: %s", instance, exc)

@@ -11,8 +11,10 @@ read by :func:`read_json`, which refuses what JSON or the database cannot hold: 
 UTF-8, syntax errors (400 with line and column), ``NaN``/``Infinity``, nesting deeper than
 :data:`MAX_DEPTH`, and strings with NUL characters or unpaired surrogates (422).
 
-Responses are plain dicts built here: :func:`accepted_body` (§3.1), :func:`pack_summary`
-and :func:`pack_detail` (pack deployment), :func:`step_history` (the checkpoints).
+Responses are plain dicts: :func:`accepted_body` (§3.1) is built here; :func:`pack_summary`
+and :func:`pack_detail` (pack deployment, :mod:`persistence.packs`) and :func:`step_history`
+(the checkpoints, :mod:`persistence.history`) are built one layer down, where the Python
+driver builds the same answers, and re-exported here.
 The pydantic models below (``AcceptedExecution`` ... ``Problem``) only *document* them in
 the OpenAPI document (:func:`documented`); handlers do not serialize through them. The
 fuzz test (``tests/e2e/test_api_fuzz.py``) checks every answer against them.
@@ -27,10 +29,11 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dsl.loader import escape_pointer
 from dsl.state import ExecutionStatus, StepStatus
-from persistence.records import ExecutionRecord, PackRecord, StepCheckpoint, isoformat_z
-from serve_app.errors import BadRequestError, UnstorableValueError, UnsupportedMediaTypeError
+from persistence.history import step_history
+from persistence.packs import pack_detail, pack_summary
+from persistence.validation import check_storable
+from serve_app.errors import BadRequestError, UnsupportedMediaTypeError
 
 __all__ = [
     "JSON_TYPES",
@@ -55,6 +58,7 @@ __all__ = [
     "PackSummary",
     "PackVersions",
     "Problem",
+    "QueueDepth",
     "Readiness",
     "StepAttempt",
     "StepHistory",
@@ -165,38 +169,6 @@ async def read_json(request: Request) -> Any:
     return value
 
 
-def check_storable(value: Any, pointer: str = "") -> None:
-    """Refuse strings (keys too) that PostgreSQL cannot store: NUL and unpaired surrogates.
-
-    Raises:
-        UnstorableValueError: with the JSON pointer of the first such string.
-    """
-    stack: list[tuple[Any, str]] = [(value, pointer)]
-    while stack:
-        node, where = stack.pop()
-        if isinstance(node, str):
-            if not _storable(node):
-                raise UnstorableValueError(where)
-        elif isinstance(node, dict):
-            for key, child in node.items():
-                child_pointer = f"{where}/{escape_pointer(key)}"
-                if not _storable(str(key)):
-                    raise UnstorableValueError(child_pointer)
-                stack.append((child, child_pointer))
-        elif isinstance(node, list):
-            stack.extend((child, f"{where}/{i}") for i, child in enumerate(node))
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def parse_model(model: type[BaseModel], data: Any) -> Any:
     """Validate ``data`` against ``model``; errors become FastAPI's RequestValidationError (422)."""
     try:
@@ -212,63 +184,6 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
 def accepted_body(record: dict[str, Any]) -> dict[str, Any]:
     """FDD §3.1 answer: ``{"execution_id", "status", "started_at"}`` from a status record."""
     return {"execution_id": record["execution_id"], "status": record["status"], "started_at": record["started_at"]}
-
-
-def pack_summary(record: PackRecord) -> dict[str, Any]:
-    """``{id, version, name, description, deprecated, created_at, content_hash, steps}``."""
-    doc = record.document
-    return {
-        "id": record.pack_id,
-        "version": record.version,
-        "name": doc.get("name"),
-        "description": doc.get("description"),
-        "deprecated": record.deprecated,
-        "created_at": isoformat_z(record.created_at),
-        "content_hash": record.content_hash,
-        "steps": _count_steps(doc.get("steps") or []),
-    }
-
-
-def pack_detail(record: PackRecord) -> dict[str, Any]:
-    """:func:`pack_summary` plus ``document`` (the validated pack) and ``source`` (text as deployed)."""
-    return {**pack_summary(record), "document": record.document, "source": record.source_text}
-
-
-def _count_steps(steps: list[Any]) -> int:
-    """Steps at every level (nested lists and error handlers included)."""
-    count, stack = 0, list(steps)
-    while stack:
-        step = stack.pop()
-        if not isinstance(step, dict):
-            continue
-        count += 1
-        for field in ("steps", "then", "else", "default"):
-            stack.extend(step.get(field) or [])
-        for case in step.get("cases") or []:
-            stack.extend(case.get("steps") or [])
-        handler = step.get("on_error") or {}
-        stack.extend(handler.get("fallback") or [])
-        stack.extend(handler.get("compensate") or [])
-    return count
-
-
-def step_history(record: ExecutionRecord, checkpoints: list[StepCheckpoint]) -> dict[str, Any]:
-    """``{execution_id, status, current_step, steps: [attempt...]}``; one entry per step attempt.
-
-    Each attempt: ``step_key, step_id, step_type, attempt, status, started_at, ended_at,
-    duration_ms, outputs, error, idempotency_key`` in checkpoint order (by end time).
-    """
-    attempts = []
-    for cp in checkpoints:
-        item = cp.to_dict()
-        item.pop("execution_id", None)
-        attempts.append(item)
-    return {
-        "execution_id": record.execution_id,
-        "status": record.status,
-        "current_step": record.current_step,
-        "steps": attempts,
-    }
 
 
 # --------------------------------------------------------------------------- documented shapes
@@ -340,6 +255,10 @@ class StepAttempt(_Doc):
     started_at: str = Field(json_schema_extra=_TIME)
     ended_at: str = Field(json_schema_extra=_TIME)
     duration_ms: int = Field(ge=0)
+    node_id: str | None = Field(
+        description="Hex id of the Ray node the attempt ran on; null for control steps (evaluated in the "
+                    "ExecutionActor) and for attempts whose task was lost."
+    )
 
 
 class StepHistory(_Doc):
@@ -355,7 +274,7 @@ class StepHistory(_Doc):
 class ExecutionEvent(_Doc):
     """One event of a run. Members besides ``seq``, ``type`` and ``at`` depend on the type."""
 
-    seq: int = Field(ge=1, description="Increasing within one source (the SSE ``id``).")
+    seq: int = Field(ge=1, description="Increasing within one source (the SSE ``id``); outbox: 1, 2, 3, ... per run.")
     type: str = Field(description="execution.started|resumed|completed|failed|cancelled, step.started|completed|"
                                   "failed|skipped|cancelled|retrying, ...")
     at: str = Field(json_schema_extra=_TIME)
@@ -366,6 +285,7 @@ class ExecutionEvent(_Doc):
     delay_ms: int | None = None
     error: str | None = None
     synthesized: bool | None = Field(None, description="True for events rebuilt from checkpoints.")
+    event_id: str | None = Field(None, description="Outbox events: stable id, the webhook-id of its deliveries.")
 
 
 class ExecutionEvents(_Doc):
@@ -374,10 +294,12 @@ class ExecutionEvents(_Doc):
     model_config = ConfigDict(extra="forbid")
     execution_id: str = Field(json_schema_extra={"format": "uuid"})
     status: ExecutionStatusName
-    source: Literal["host", "checkpoints"] = Field(
-        description="host: the live events of the host running (or that ran) it; checkpoints: synthesized."
+    source: Literal["outbox", "host", "checkpoints"] = Field(
+        description="outbox: stored with each state change (durable); host: the live events of the host running "
+        "(or that ran) it; checkpoints: synthesized."
     )
     done: bool = Field(description="The run has ended (the last event is its final execution event).")
+    more: bool | None = Field(None, description="outbox: more events follow; ask again with `after` = the last seq.")
     events: list[ExecutionEvent]
 
 
@@ -439,6 +361,14 @@ class Health(_Doc):
     """Liveness."""
 
     status: Literal["ok"]
+
+
+class QueueDepth(_Doc):
+    """Admission control (FDD §9.2, §10): the deployment's limit and how many runs run and wait."""
+
+    max_concurrent_executions: int = Field(description="Runs allowed to be running at once (CORTX_MAX_CONCURRENT_EXECUTIONS).")
+    running: int = Field(description="Runs running now (admitted).")
+    queued: int = Field(description="Runs accepted and waiting for a slot; they start oldest first.")
 
 
 class Readiness(_Doc):

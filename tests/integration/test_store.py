@@ -103,14 +103,15 @@ def test_migration_creates_tables_and_reopening_is_a_no_op(database_url: str) ->
                 indexes = {i["name"] for i in await conn.run_sync(lambda c: inspect(c).get_indexes("executions"))}
                 fks = await conn.run_sync(lambda c: inspect(c).get_foreign_keys("step_checkpoints"))
                 revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-            assert {"packs", "executions", "step_checkpoints", "alembic_version"} <= tables
+            assert {"packs", "executions", "step_checkpoints", "execution_secrets", "alembic_version"} <= tables
+            assert {"execution_events", "event_deliveries"} <= tables
             assert {
                 "ix_executions_status_created_at",
                 "ix_executions_workflow_pack_id_created_at",
                 "ix_executions_created_at_execution_id",
             } <= indexes
             assert fks[0]["referred_table"] == "executions" and fks[0]["options"].get("ondelete") == "CASCADE"
-            assert revision == "0002"
+            assert revision == "0004"
             run = await new_run(again)
             assert (await store.get_execution(run.execution_id)).execution_id == run.execution_id
         finally:
@@ -160,7 +161,7 @@ def test_concurrent_migration_of_a_fresh_database(database_url: str) -> None:
     async def body() -> list[int]:
         stores = await asyncio.gather(*(open_store(url) for _ in range(3)))
         try:
-            run = await new_run(stores[0])
+            run = await new_run(stores[0], status="running")
             claims = await asyncio.gather(*(s.claim_execution(run.execution_id) for s in stores))
             return sorted(c.owner_epoch for c in claims)
         finally:
@@ -325,6 +326,10 @@ def test_create_and_claim_bump_the_epoch(store_url: str) -> None:
         queued = await new_run(store)
         assert (queued.status, queued.owner_epoch, queued.started_at, queued.completed_steps) == ("queued", 0, None, [])
         assert queued.pack_document == PACK and queued.inputs == {"n": 3} and queued.isolation == "shared"
+        unadmitted = await store.claim_execution(queued.execution_id)  # a queued run waits for admission
+        assert (unadmitted.status, unadmitted.owner_epoch, unadmitted.started_at) == ("queued", 0, None)
+        # (other tests' runs share this database: a limit no test reaches)
+        assert queued.execution_id in [r.execution_id for r in await store.admit_queued(10**9)]
         first = await store.claim_execution(queued.execution_id)
         assert (first.status, first.owner_epoch) == ("running", 1)
         assert_utc(first.started_at)
@@ -347,9 +352,31 @@ def test_create_and_claim_bump_the_epoch(store_url: str) -> None:
     with_store(store_url, body)
 
 
+def test_secret_inputs_are_stored_apart_and_erased(store_url: str) -> None:
+    """The secret store: values written with the run, read by its owner, erased at the end;
+    the executions row never holds them (docs/security.md)."""
+
+    async def body(store: Store) -> None:
+        secret = {"card": "ctok-store-5150", "pin": 4321}
+        run = await store.create_execution(
+            execution_id=str(uuid.uuid4()), workflow_pack_id="demo", version="1.0.0", pack_document=PACK,
+            inputs={"n": 3, "card": "***", "pin": "***"}, options={}, secret_inputs=secret,
+        )
+        other = await new_run(store)
+        assert await store.load_secret_inputs(run.execution_id) == secret
+        assert await store.load_secret_inputs(other.execution_id) == {}
+        assert await store.load_secret_inputs("not-a-uuid") == {}
+        stored = await store.get_execution(run.execution_id)
+        assert "ctok-store-5150" not in json.dumps(stored.to_status_dict()) and stored.inputs["card"] == "***"
+        await store.delete_secret_inputs(run.execution_id)
+        assert await store.load_secret_inputs(run.execution_id) == {}
+
+    with_store(store_url, body)
+
+
 def test_write_checkpoint_first_write_wins(store_url: str) -> None:
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         cp = checkpoint(run.execution_id, "process-items[3]/validate-item", outputs={"ok": True})
         inserted = await store.write_checkpoint(
             cp, owner_epoch=run.owner_epoch, current_step="b", completed_step=cp.step_key, context={"steps": {"a": 1}}
@@ -384,7 +411,7 @@ def dataclass_replace(cp: StepCheckpoint, **changes: Any) -> StepCheckpoint:
 
 def test_concurrent_writes_of_one_checkpoint_insert_once(store_url: str) -> None:
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         cp = checkpoint(run.execution_id, "a")
         results = await asyncio.gather(
             *(store.write_checkpoint(cp, owner_epoch=run.owner_epoch, completed_step="a") for _ in range(6))
@@ -398,7 +425,7 @@ def test_concurrent_writes_of_one_checkpoint_insert_once(store_url: str) -> None
 
 def test_completed_steps_keep_completion_order(store_url: str) -> None:
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         keys = ["b", "a", "loop[0]/x", "loop[1]/x", "c"]
         for key in keys:
             assert await store.write_checkpoint(checkpoint(run.execution_id, key), owner_epoch=1, completed_step=key)
@@ -409,7 +436,7 @@ def test_completed_steps_keep_completion_order(store_url: str) -> None:
 
 def test_stale_epoch_is_fenced_and_writes_nothing(store_url: str) -> None:
     async def body(store: Store) -> None:
-        eid = (await new_run(store)).execution_id
+        eid = (await new_run(store, status="running")).execution_id
         old = await store.claim_execution(eid)
         await store.write_checkpoint(
             checkpoint(eid, "a"), owner_epoch=old.owner_epoch, completed_step="a", context={"v": 1}
@@ -445,7 +472,7 @@ def test_stale_epoch_is_fenced_and_writes_nothing(store_url: str) -> None:
 
 def test_finish_is_terminal_and_a_second_finish_is_a_no_op(store_url: str) -> None:
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         done = await store.finish_execution(
             run.execution_id, owner_epoch=run.owner_epoch, status="completed", outputs={"total": 6}
         )
@@ -462,7 +489,7 @@ def test_finish_is_terminal_and_a_second_finish_is_a_no_op(store_url: str) -> No
         claimed = await store.claim_execution(run.execution_id)
         assert claimed == done and claimed.owner_epoch == run.owner_epoch  # terminal: no bump
         assert await store.load_checkpoints(run.execution_id) == []
-        failed_run = await store.claim_execution((await new_run(store)).execution_id)
+        failed_run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         detail = {"step": "a", "kind": "timeout", "message": "step a timed out", "attempts": 3}
         failed = await store.finish_execution(
             failed_run.execution_id, owner_epoch=1, status="failed", error="step a timed out", error_detail=detail
@@ -501,7 +528,7 @@ def test_datetimes_are_aware_utc(store_url: str) -> None:
     plus_two = timezone(timedelta(hours=2))
 
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         start = datetime(2024, 5, 1, 14, 0, 0, 123456, tzinfo=plus_two)
         cp = dataclass_replace(checkpoint(run.execution_id), started_at=start, ended_at=start + timedelta(seconds=1.5))
         await store.write_checkpoint(cp, owner_epoch=1)
@@ -523,6 +550,7 @@ def test_datetimes_are_aware_utc(store_url: str) -> None:
 def test_to_status_dict_shape(store_url: str) -> None:
     async def body(store: Store) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         queued = await new_run(store)
+        await store.admit_queued(10**9)  # (other tests' runs share this database)
         run = await store.claim_execution(queued.execution_id)
         cp = checkpoint(run.execution_id, "a", outputs={"v": 1})
         await store.write_checkpoint(cp, owner_epoch=1, completed_step="a")
@@ -550,8 +578,9 @@ def test_list_executions_newest_first_with_filters(store_url: str) -> None:
 
     async def body(store: Store) -> None:
         made = []
-        for _ in range(4):
-            made.append((await new_run(store, pack_id=pack_id)).execution_id)
+        for index in range(4):
+            status = "running" if index == 1 else "queued"
+            made.append((await new_run(store, pack_id=pack_id, status=status)).execution_id)
             await asyncio.sleep(0.002)
         await store.claim_execution(made[1])
         await store.finish_execution(made[2], owner_epoch=0, status="cancelled")
@@ -572,7 +601,7 @@ def test_list_executions_newest_first_with_filters(store_url: str) -> None:
 
 def test_bad_arguments_are_refused_alike(store_url: str) -> None:
     async def body(store: Store) -> None:
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         with pytest.raises(ValueError, match="at most 512"):
             await store.write_checkpoint(checkpoint(run.execution_id, "k" * 513), owner_epoch=1)
         with pytest.raises(ValueError, match="status"):
@@ -602,7 +631,7 @@ def test_bad_arguments_are_refused_alike(store_url: str) -> None:
 def test_deleting_an_execution_cascades_to_checkpoints(database_url: str) -> None:
     async def body(store: Store) -> int:
         assert isinstance(store, SqlStore)
-        run = await store.claim_execution((await new_run(store)).execution_id)
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
         await store.write_checkpoint(checkpoint(run.execution_id), owner_epoch=1)
         async with store.engine.begin() as conn:
             await conn.execute(text("DELETE FROM executions WHERE execution_id = :id"), {"id": run.execution_id})
@@ -617,7 +646,7 @@ def test_sqlite_stores_in_two_engines_share_the_file_and_fence(sqlite_url: str) 
     async def body() -> None:
         a, b = await open_store(sqlite_url), await open_store(sqlite_url)
         try:
-            run = await a.claim_execution((await new_run(a)).execution_id)
+            run = await a.claim_execution((await new_run(a, status="running")).execution_id)
             taken = await b.claim_execution(run.execution_id)
             assert taken.owner_epoch == 2
             writes = await asyncio.gather(

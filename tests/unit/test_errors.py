@@ -24,6 +24,9 @@ SAMPLES = [
     errors.ExecutionNotFoundError("abc"),
     errors.FencedError("abc", 3),
     errors.PackConflictError("p", "1"),
+    errors.PackNotFoundError("p", "1"),
+    errors.UnstorableValueError("/steps/0/id"),
+    errors.SecretNotFoundError("API_KEY", "environment variable CORTX_SECRET_API_KEY"),
     IllegalTransitionError("completed", "running"),
 ]
 

@@ -1,0 +1,249 @@
+"""HTTP API latency under concurrent clients: execute (request to 202) and status.
+
+Usage::
+
+    .venv/bin/python benchmarks/api_latency.py [--clients 100] [--requests 20] [--rate 2.0]
+        [--saturate] [--database-url URL]
+
+What it starts, as a deployment would run: the demo services in-process (the pack is one
+trivial ``echo`` call), then ``cortx-workflow serve`` in a child process (a local Ray,
+Ray Serve's proxy, one API replica, the ExecutionHosts) on PostgreSQL (a fresh database on
+127.0.0.1:5432 unless ``--database-url`` is given), with API keys on.
+
+Phases, each with ``--clients`` clients, every client on its own HTTP connection:
+
+* ``execute``: each client sends ``--requests`` ``POST /v1/workflows/execute``, paced at
+  ``--rate`` requests per second per client (open loop: a client sends on schedule, not
+  when its previous answer came), so 100 clients at 2/s offer 200 executes a second;
+* ``status``: the same pattern of ``GET /v1/workflows/executions/{id}`` on those runs;
+* with ``--saturate``: both again in a closed loop (each client sends its next request as
+  soon as the last one is answered), which shows the most the service answers per second
+  and the latency at that load.
+
+Latency is measured in the client from just before the request is sent to the end of the
+answer, in ms; it prints p50/p90/p99/max and the rate achieved, and writes them as JSON to
+``benchmarks/results/api_latency.json``. The load generator shares the machine's cores
+with the service. Figures, not assertions: nothing here fails on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PACK_ID = "bench-echo"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+
+
+def summary(name: str, latencies_ms: list[float], errors: int, wall_s: float) -> dict[str, Any]:
+    return {
+        "phase": name,
+        "requests": len(latencies_ms),
+        "errors": errors,
+        "p50_ms": round(percentile(latencies_ms, 0.50), 2),
+        "p90_ms": round(percentile(latencies_ms, 0.90), 2),
+        "p99_ms": round(percentile(latencies_ms, 0.99), 2),
+        "max_ms": round(max(latencies_ms, default=float("nan")), 2),
+        "mean_ms": round(statistics.fmean(latencies_ms), 2) if latencies_ms else None,
+        "rate_per_s": round(len(latencies_ms) / wall_s, 1) if wall_s > 0 else None,
+    }
+
+
+async def load(
+    base_url: str, key: str, clients: int, requests: int, rate: float | None, make_request: Any
+) -> tuple[list[float], int, float, list[Any]]:
+    """Run ``clients`` clients of ``requests`` requests each; rate None = closed loop.
+
+    Returns (latencies in ms, errors, wall time in s, answers' JSON bodies).
+    """
+    import httpx
+
+    latencies: list[float] = []
+    bodies: list[Any] = []
+    errors = 0
+
+    async def client(index: int) -> None:
+        nonlocal errors
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(
+            base_url=base_url, headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=60
+        ) as http:
+            start = time.monotonic() + (random.random() / rate if rate else 0.0)
+            for i in range(requests):
+                if rate:
+                    delay = start + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                method, path, body = make_request(index, i)
+                sent = time.perf_counter()
+                try:
+                    answer = await http.request(method, path, json=body)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - sent) * 1000)
+                if answer.status_code >= 400:
+                    errors += 1
+                else:
+                    bodies.append(answer.json())
+
+    began = time.monotonic()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return latencies, errors, time.monotonic() - began, bodies
+
+
+def fresh_database() -> tuple[str, Any]:
+    import asyncpg
+
+    name = f"cortx_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    return url, lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def start_service(database_url: str, demo_url: str, port: int, key: str, workdir: Path) -> subprocess.Popen[str]:
+    registry = workdir / "services.yaml"
+    registry.write_text(f"services:\n  echo:\n    base_url: {demo_url}/echo\n")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CORTX_SERVICE_REGISTRY": str(registry),
+        "CORTX_API_KEYS": f"{key}:execute,read,deploy",
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = (workdir / "serve.log").open("w")  # a file, so a chatty server never blocks on a pipe
+    return subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def wait_until_listening(proc: subprocess.Popen[str], log: Path, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "listening on" in text:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"cortx-workflow serve exited with {proc.returncode}:\n{text[-2000:]}")
+        time.sleep(0.2)
+    raise RuntimeError("cortx-workflow serve did not start in time")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=20, help="requests per client per phase")
+    parser.add_argument("--rate", type=float, default=2.0, help="requests per second per client (open loop)")
+    parser.add_argument("--saturate", action="store_true", help="also run closed-loop phases")
+    parser.add_argument("--database-url", help="default: a fresh PostgreSQL database on 127.0.0.1:5432")
+    args = parser.parse_args()
+
+    from serve_app.demo_services import start_in_thread
+
+    database_url, drop = (args.database_url, lambda: None) if args.database_url else fresh_database()
+    demo = start_in_thread()
+    key = "bench-" + secrets.token_urlsafe(24)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_service(database_url, demo.url, port, key, Path(tmp))
+        try:
+            wait_until_listening(proc, Path(tmp) / "serve.log")
+            import httpx
+
+            with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+                pack = {"id": PACK_ID, "name": "Echo", "version": "1.0.0",
+                        "steps": [{"id": "ping", "type": "service_call", "service": "echo", "endpoint": "/v1/ping",
+                                   "inputs": {"n": 1}}]}
+                assert http.post("/v1/packs", json=pack).status_code in (200, 201)
+                for _ in range(20):  # warm up: hosts, connection pools, Ray workers
+                    assert http.post("/v1/workflows/execute", json={"workflow_pack_id": PACK_ID}).status_code == 202
+            time.sleep(2)
+
+            execute = lambda _c, _i: ("POST", "/v1/workflows/execute", {"workflow_pack_id": PACK_ID})  # noqa: E731
+            phases: list[tuple[str, float | None]] = [("open", args.rate)]
+            if args.saturate:
+                phases.append(("closed", None))
+            for mode, rate in phases:
+                lat, errors, wall, bodies = asyncio.run(load(base_url, key, args.clients, args.requests, rate, execute))
+                results.append(summary(f"execute ({mode} loop)", lat, errors, wall))
+                ids = [b["execution_id"] for b in bodies]
+
+                def status(c: int, i: int, ids: list[str] = ids) -> tuple[str, str, None]:
+                    return "GET", f"/v1/workflows/executions/{ids[(c * args.requests + i) % len(ids)]}", None
+
+                lat, errors, wall, _ = asyncio.run(load(base_url, key, args.clients, args.requests, rate, status))
+                results.append(summary(f"status ({mode} loop)", lat, errors, wall))
+                time.sleep(3)  # let the runs of this phase finish before the next one
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            demo.stop()
+            drop()
+
+    report = {
+        "benchmark": "api_latency",
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "rate_per_client_per_s": args.rate,
+        "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }
+    print(f"{'phase':<24}{'n':>7}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>9}")
+    for r in results:
+        print(f"{r['phase']:<24}{r['requests']:>7}{r['errors']:>5}{r['p50_ms']:>9}{r['p90_ms']:>9}"
+              f"{r['p99_ms']:>9}{r['max_ms']:>9}{r['rate_per_s']:>9}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "api_latency.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
