@@ -97,22 +97,7 @@ class RayStepRunner:
             name=f"step {request.step_key} #{request.attempt} [{request.execution_id[:8]}]",
             num_cpus=self._num_cpus,
         ).remote(request.call_kwargs(), self._secrets_file, request.webhook)
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            # The run was cancelled or a sibling failed: stop the task too, not just our wait.
-            ray.cancel(ref, force=True)
-            raise
-        except ray.exceptions.RayError as exc:
-            return {
-                "ok": False,
-                "error": {
-                    "kind": "task_error",
-                    "message": f"step task failed: {type(exc).__name__}",
-                    "retryable": True,
-                    "status": None,
-                },
-            }
+        return await _await_step_task(ref, "step task failed")
 
     async def run_task(self, request: TaskRequest) -> dict[str, Any]:
         """Submit one ``task`` step attempt as a Ray task with its resources, and await it.
@@ -130,22 +115,7 @@ class RayStepRunner:
         ref = task_step_task.options(**request.ray_options()).remote(
             request.function, request.kwargs, self._task_modules, pickled
         )
-        try:
-            return await ref
-        except asyncio.CancelledError:
-            # Run cancelled, sibling failed or step timeout: stop the task, not just our wait.
-            ray.cancel(ref, force=True)
-            raise
-        except ray.exceptions.RayError as exc:
-            return {
-                "ok": False,
-                "error": {
-                    "kind": "task_error",
-                    "message": f"the task of function {request.function!r} failed: {type(exc).__name__}",
-                    "retryable": True,
-                    "status": None,
-                },
-            }
+        return await _await_step_task(ref, f"the task of function {request.function!r} failed")
 
 
 class ExecutionHost:
@@ -460,6 +430,26 @@ class ExecutionHost:
             "node_id": context.get_node_id(),
             "dedicated": self._dedicated,
             "runs": list(self._runs),
+        }
+
+
+async def _await_step_task(ref: Any, failure: str) -> dict[str, Any]:
+    """Await a step attempt's Ray task; cancel the task when the wait is cancelled.
+
+    Returns:
+        The task's outcome, or a retryable ``task_error`` (``"<failure>: <RayError class>"``)
+        when the task or its worker died: that is the platform failing, not the step.
+    """
+    try:
+        return await ref
+    except asyncio.CancelledError:
+        # Run cancelled, sibling failed or step timeout: stop the task, not just our wait.
+        ray.cancel(ref, force=True)
+        raise
+    except ray.exceptions.RayError as exc:
+        return {
+            "ok": False,
+            "error": {"kind": "task_error", "message": f"{failure}: {type(exc).__name__}", "retryable": True, "status": None},
         }
 
 

@@ -138,24 +138,8 @@ def call_http(
             headers=request_headers,
             timeout=httpx.Timeout(float(timeout_seconds)),
         )
-    except httpx.TimeoutException:
-        return _failure(started, "timeout", f"timed out after {float(timeout_seconds)} s calling {where}", retryable=True)
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
-        # LocalProtocolError can quote an illegal header value: name only the class.
-        detail = type(exc).__name__ if isinstance(exc, httpx.LocalProtocolError) else _one_line(exc, secrets)
-        return _failure(started, "invalid_request", f"invalid request {where}: {detail}", retryable=False)
-    except httpx.TransportError as exc:
-        # Connect errors (refused, DNS), resets, a server that closed without answering.
-        message = f"connection failed calling {where}: {type(exc).__name__}: {_one_line(exc, secrets)}"
-        return _failure(started, "connection", message, retryable=True)
-    except httpx.DecodingError as exc:
-        message = f"could not decode the answer from {where}: {_one_line(exc, secrets)}"
-        return _failure(started, "connection", message, retryable=False)
-    except _Invalid as exc:
-        return _failure(started, "invalid_request", f"invalid request {where}: {exc}", retryable=False)
     except Exception as exc:  # noqa: BLE001 - the contract is: never raise for a call
-        # Unknown origin: the text might quote a header, so only the class is shown.
-        return _failure(started, "invalid_request", f"invalid request {where}: {type(exc).__name__}", retryable=False)
+        return _call_failure(exc, started, where, secrets, timeout_seconds)
 
     if 200 <= response.status_code < 300:
         return {"ok": True, "status": response.status_code, "body": _parse_body(response), "elapsed_ms": _ms(started)}
@@ -173,6 +157,31 @@ def call_http(
 
 class _Invalid(Exception):
     """An argument rejected before any request is made; its text is safe to show."""
+
+
+def _call_failure(exc: Exception, started: float, where: str, secrets: list[str], timeout_seconds: Any) -> dict[str, Any]:
+    """The typed failure of a call that raised ``exc`` (shared by service calls and http steps).
+
+    Kinds: ``timeout`` and ``connection`` (retryable; an undecodable answer is not),
+    ``invalid_request`` (not retryable). Messages are one line, with ``secrets`` masked.
+    """
+    if isinstance(exc, httpx.TimeoutException):
+        return _failure(started, "timeout", f"timed out after {float(timeout_seconds)} s calling {where}", retryable=True)
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)):
+        # LocalProtocolError can quote an illegal header value: name only the class.
+        detail = type(exc).__name__ if isinstance(exc, httpx.LocalProtocolError) else _one_line(exc, secrets)
+        return _failure(started, "invalid_request", f"invalid request {where}: {detail}", retryable=False)
+    if isinstance(exc, httpx.TransportError):
+        # Connect errors (refused, DNS), resets, a server that closed without answering.
+        message = f"connection failed calling {where}: {type(exc).__name__}: {_one_line(exc, secrets)}"
+        return _failure(started, "connection", message, retryable=True)
+    if isinstance(exc, httpx.DecodingError):
+        message = f"could not decode the answer from {where}: {_one_line(exc, secrets)}"
+        return _failure(started, "connection", message, retryable=False)
+    if isinstance(exc, _Invalid):
+        return _failure(started, "invalid_request", f"invalid request {where}: {exc}", retryable=False)
+    # Unknown origin: the text might quote a header, so only the class is shown.
+    return _failure(started, "invalid_request", f"invalid request {where}: {type(exc).__name__}", retryable=False)
 
 
 def _build_headers(headers: Mapping[str, str] | None, idempotency_key: str | None) -> httpx.Headers:

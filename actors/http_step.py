@@ -35,11 +35,11 @@ from actors.http_call import (
     BODY_EXCERPT_CHARS,
     RETRYABLE_STATUSES,
     _build_headers,
+    _call_failure,
     _encode_json,
     _failure,
     _Invalid,
     _ms,
-    _one_line,
     _parse_body,
     _retry_after,
     _safe_url,
@@ -218,21 +218,8 @@ def call_url(
         result = _failure(started, "egress_refused", refused.message(), retryable=False)
         result["error"].update(host=refused.host, rule=refused.rule)
         return result
-    except httpx.TimeoutException:
-        return _failure(started, "timeout", f"timed out after {float(timeout_seconds)} s calling {where}", retryable=True)
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
-        detail = type(exc).__name__ if isinstance(exc, httpx.LocalProtocolError) else _one_line(exc, secrets)
-        return _failure(started, "invalid_request", f"invalid request {where}: {detail}", retryable=False)
-    except httpx.TransportError as exc:
-        message = f"connection failed calling {where}: {type(exc).__name__}: {_one_line(exc, secrets)}"
-        return _failure(started, "connection", message, retryable=True)
-    except httpx.DecodingError as exc:
-        message = f"could not decode the answer from {where}: {_one_line(exc, secrets)}"
-        return _failure(started, "connection", message, retryable=False)
-    except _Invalid as exc:
-        return _failure(started, "invalid_request", f"invalid request {where}: {exc}", retryable=False)
     except Exception as exc:  # noqa: BLE001 - the contract is: never raise for a call
-        return _failure(started, "invalid_request", f"invalid request {where}: {type(exc).__name__}", retryable=False)
+        return _call_failure(exc, started, where, secrets, timeout_seconds)
 
     if status_matches(status, expected_status):
         return {

@@ -116,6 +116,16 @@ def with_store(url: str, body: Any) -> Any:
     return asyncio.run(run())
 
 
+def stored_checkpoints(url: str, execution_id: str) -> Any:
+    """The step checkpoints of a run, read from the database at ``url``."""
+    return with_store(url, lambda store: store.load_checkpoints(execution_id))
+
+
+def stored_events(url: str, execution_id: str) -> Any:
+    """The outbox events of a run, read from the database at ``url``."""
+    return with_store(url, lambda store: store.load_events(execution_id))
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session."""

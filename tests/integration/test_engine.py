@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import demo_registry
+from tests.conftest import demo_registry, stored_checkpoints
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.timeout(180)
@@ -19,17 +19,6 @@ def _inputs() -> dict[str, Any]:
     return json.loads((EXAMPLES / "loan-approval.inputs.json").read_text())
 
 
-def _checkpoints(database_url: str, execution_id: str) -> list[Any]:
-    from persistence.store import open_store
-
-    async def load() -> list[Any]:
-        store = await open_store(database_url, pool_size=1)
-        try:
-            return await store.load_checkpoints(execution_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
 
 
 def test_example_pack_completes_with_its_outputs(engine_db: str, demo_services: Any, make_client: Any) -> None:
@@ -56,7 +45,7 @@ def test_example_pack_completes_with_its_outputs(engine_db: str, demo_services: 
     from actors.driver import read_record
 
     assert asyncio.run(read_record(engine_db, execution_id)) == record
-    keys = {(cp.step_key, cp.attempt, cp.status) for cp in _checkpoints(engine_db, execution_id)}
+    keys = {(cp.step_key, cp.attempt, cp.status) for cp in stored_checkpoints(engine_db, execution_id)}
     assert ("check-items[1]/validate-item", 1, "completed") in keys
 
 
@@ -90,7 +79,7 @@ def test_retry_with_backoff_sends_the_same_idempotency_key(
     assert after["by_idempotency_key"].get(key) == 3  # two failures, then success, one key
     calls = after["by_path"]["POST /validation/v1/income"] - before["by_path"].get("POST /validation/v1/income", 0)
     assert calls == 3
-    attempts = [(cp.attempt, cp.status) for cp in _checkpoints(engine_db, execution_id) if cp.step_key == "income-check"]
+    attempts = [(cp.attempt, cp.status) for cp in stored_checkpoints(engine_db, execution_id) if cp.step_key == "income-check"]
     assert sorted(attempts) == [(1, "failed"), (2, "failed"), (3, "completed")]
 
 

@@ -9,7 +9,6 @@ signing function.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import demo_registry
+from tests.conftest import demo_registry, stored_checkpoints, stored_events
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -97,30 +96,9 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 60, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def stored_events(database_url: str, execution_id: str) -> list[Any]:
-    from persistence.store import open_store
-
-    async def load() -> list[Any]:
-        store = await open_store(database_url, pool_size=1)
-        try:
-            return await store.load_events(execution_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
 
 
-def checkpoints(database_url: str, execution_id: str) -> list[Any]:
-    from persistence.store import open_store
-
-    async def load() -> list[Any]:
-        store = await open_store(database_url, pool_size=1)
-        try:
-            return await store.load_checkpoints(execution_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
+checkpoints = stored_checkpoints  # the name these tests use
 
 
 def expected_signature(secret: str, message_id: str, timestamp: str, body: bytes) -> str:

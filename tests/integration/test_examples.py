@@ -8,7 +8,6 @@ run's record, its checkpoints and the demo services' call counters.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import demo_registry
+from tests.conftest import demo_registry, stored_checkpoints
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 PATTERN_PACKS = [
@@ -40,17 +39,6 @@ def _inputs(name: str) -> dict[str, Any]:
     return json.loads((EXAMPLES / f"{name}.inputs.json").read_text())
 
 
-def _checkpoints(database_url: str, execution_id: str) -> list[Any]:
-    from persistence.store import open_store
-
-    async def load() -> list[Any]:
-        store = await open_store(database_url, pool_size=1)
-        try:
-            return await store.load_checkpoints(execution_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
 
 
 class _Run:
@@ -323,7 +311,7 @@ def test_retry_backs_off_exponentially_with_one_idempotency_key(
     assert run.key_calls("income-check") == 3  # every attempt carries the same key
     assert run.key_calls("record-result") == 1
     attempts = sorted(
-        (cp.attempt, cp.status) for cp in _checkpoints(engine_sqlite_url, run.execution_id) if cp.step_key == "income-check"
+        (cp.attempt, cp.status) for cp in stored_checkpoints(engine_sqlite_url, run.execution_id) if cp.step_key == "income-check"
     )
     assert attempts == [(1, "failed"), (2, "failed"), (3, "completed")]
     at = [c["at_ms"] for c in run.log() if c["path"] == "/validation/v1/income"]
@@ -350,7 +338,7 @@ def test_fallback_replaces_a_step_that_failed_for_good(run_example: Any, engine_
         "record-decision"
     )
     recovered = [
-        cp for cp in _checkpoints(engine_sqlite_url, run.execution_id)
+        cp for cp in stored_checkpoints(engine_sqlite_url, run.execution_id)
         if cp.step_key == "compliance-check" and cp.status == "completed"
     ]
     assert len(recovered) == 1 and recovered[0].error["kind"] == "recovered_by_fallback"
@@ -419,7 +407,7 @@ def test_batch_scoring_scores_items_as_parallel_ray_tasks(run_example: Any, engi
     assert run.calls("/validation/v1/item") == 0  # no service was called: the work ran as Python tasks
 
     checkpoints = [
-        cp for cp in _checkpoints(engine_sqlite_url, run.execution_id) if cp.step_key.startswith("score-items[")
+        cp for cp in stored_checkpoints(engine_sqlite_url, run.execution_id) if cp.step_key.startswith("score-items[")
     ]
     assert len(checkpoints) == 8 and all(cp.status == "completed" and cp.step_type == "task" for cp in checkpoints)
     assert all(cp.node_id for cp in checkpoints)  # each ran as a Ray task on a node of the cluster

@@ -6,7 +6,6 @@ Functions come from ``tests.task_functions`` (allowed by the client's settings),
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from actors.registry import ServiceRegistry
 from dsl.errors import PackValidationError
+from tests.conftest import stored_checkpoints
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,17 +41,6 @@ def _client(make_client: Any, database_url: str, **overrides: Any) -> Any:
     return make_client(database_url, ServiceRegistry.from_mapping({"services": {}}), **settings)
 
 
-def _checkpoints(database_url: str, execution_id: str) -> list[Any]:
-    from persistence.store import open_store
-
-    async def load() -> list[Any]:
-        store = await open_store(database_url, pool_size=1)
-        try:
-            return await store.load_checkpoints(execution_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -85,7 +74,7 @@ def test_task_outputs_flow_between_steps(engine_db: str, make_client: Any) -> No
     assert record["status"] == "completed", record
     assert record["outputs"] == {"first": 42, "third": {"value": 431, "even": False}}
     assert record["completed_steps"] == ["first", "second", "third"]
-    checkpoints = {cp.step_key: cp for cp in _checkpoints(engine_db, record["execution_id"])}
+    checkpoints = {cp.step_key: cp for cp in stored_checkpoints(engine_db, record["execution_id"])}
     assert checkpoints["second"].outputs == 43 and checkpoints["second"].step_type == "task"
     assert checkpoints["third"].node_id  # the Ray node the task ran on is recorded
 
@@ -158,7 +147,7 @@ def test_the_worker_refuses_a_module_outside_the_allowlist_before_importing_it(
     assert detail["function"] == "tests.task_functions_forbidden:run"
     assert detail["attempts"] == 1 and detail["will_retry"] is False  # not retryable
     assert "outside CORTX_TASK_MODULES" in detail["message"]
-    [checkpoint] = _checkpoints(engine_sqlite_url, execution_id)
+    [checkpoint] = stored_checkpoints(engine_sqlite_url, execution_id)
     assert checkpoint.node_id  # the refusal happened in a Ray worker
     assert not FORBIDDEN_MARKER.exists(), "the refused module was imported"
 
@@ -181,7 +170,7 @@ def test_an_exception_is_retried_per_policy_then_fails_the_run_with_its_type_and
     assert detail["exception_message"] == "cannot score item 'APP-7'"
     assert "raised ValueError: cannot score item 'APP-7'" in record["error"]
     assert "always_fails" in detail["traceback"]  # text, not a pickled object
-    attempts = sorted((cp.attempt, cp.status, cp.error["kind"]) for cp in _checkpoints(engine_db, record["execution_id"]))
+    attempts = sorted((cp.attempt, cp.status, cp.error["kind"]) for cp in stored_checkpoints(engine_db, record["execution_id"]))
     assert attempts == [(1, "failed", "task_error"), (2, "failed", "task_error"), (3, "failed", "task_error")]
 
     # Not retried when the policy leaves task_error out of retry_on.
