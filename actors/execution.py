@@ -107,6 +107,7 @@ class ExecutionActor:
         self._epoch = 0
         self._task: asyncio.Task[Any] | None = None
         self._cancel_requested = False
+        self._scheduling = False  # the scheduler has started (a cancel may interrupt it)
         self._events: list[dict[str, Any]] = []
         self._seq = 0
         self._changed = asyncio.Condition()
@@ -152,6 +153,10 @@ class ExecutionActor:
         self._pack_id = record.workflow_pack_id
         metrics.execution_started(record.workflow_pack_id, resumed=bool(checkpoints))
         self._compensations = compensation_targets(WorkflowPack.model_validate(record.pack_document))
+        if self._cancel_requested:
+            # Cancelled while it was being claimed: nothing ran; end it without scheduling.
+            return await self._finish(self._cancelled_outcome(record))
+        self._scheduling = True  # from here a cancel interrupts the scheduler (see cancel)
         try:
             scheduler = self._scheduler(record, checkpoints)
             self.deadline = time.monotonic() + self._timeout_s(record)
@@ -159,18 +164,26 @@ class ExecutionActor:
         except asyncio.CancelledError:
             if not self._cancel_requested:
                 raise
-            outcome = RunOutcome(
-                ExecutionStatus.CANCELLED,
-                error="cancelled by request",
-                error_detail={"kind": "cancelled", "never_ran": self._never_ran(WorkflowPack.model_validate(record.pack_document))},
-            )
+            outcome = self._cancelled_outcome(record)
         except FencedError:
             log.warning("execution %s: another owner took over; stopping", self.execution_id)
             raise
         return await self._finish(outcome)
 
+    def _cancelled_outcome(self, record: ExecutionRecord) -> RunOutcome:
+        never_ran = self._never_ran(WorkflowPack.model_validate(record.pack_document))
+        return RunOutcome(
+            ExecutionStatus.CANCELLED,
+            error="cancelled by request",
+            error_detail={"kind": "cancelled", "never_ran": never_ran},
+        )
+
     def cancel(self) -> bool:
         """Ask the run to stop: nothing new starts and in-flight step tasks are cancelled.
+
+        Before the scheduler starts (the run is still being claimed and loaded) the request
+        is only noted: interrupting the claim would leave the run ``running`` with no owner;
+        :meth:`run` ends it ``cancelled`` as soon as the claim is done.
 
         Returns:
             False when the run had already ended.
@@ -178,7 +191,8 @@ class ExecutionActor:
         if self.final is not None or self._task is None or self._task.done():
             return False
         self._cancel_requested = True
-        self._task.cancel()
+        if self._scheduling:
+            self._task.cancel()
         return True
 
     def _timeout_s(self, record: ExecutionRecord) -> float:
