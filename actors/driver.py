@@ -568,23 +568,45 @@ class WorkflowClient:
         """Host again every ``running`` run (after the whole cluster went down).
 
         Queued runs are left to admission: a host is started so its admission pass lets
-        them in as slots free. Each run is claimed by its host, which fences any owner still alive somewhere, and
-        continues from its checkpoints. Returns the ids resumed.
+        them in as slots free. Each run is claimed by its host, which fences any owner still
+        alive somewhere, and continues from its checkpoints. Returns the ids resumed.
+
+        Raises:
+            ConfigurationError: (``CORTX_SERVICE_REGISTRY``) an unfinished run calls a
+                service this client's registry does not have; nothing is resumed, because
+                the run would fail for good on its next call.
         """
         import ray
 
+        from dsl.errors import ConfigurationError
+        from dsl.models import ServiceCallStep, WorkflowPack, all_steps
         from persistence.store import open_store
 
-        async def unfinished() -> list[tuple[str, str]]:
+        async def unfinished() -> list[tuple[str, str, dict]]:
             store = await open_store(self.settings.store_url, pool_size=1)
             try:
                 records = await store.list_executions(statuses=["running"], limit=100_000)
-                return [(r.execution_id, r.isolation) for r in records]
+                return [(r.execution_id, r.isolation, r.pack_document) for r in records]
             finally:
                 await store.close()
 
+        runs = run_sync(unfinished)
+        known = self.registry.names()
+        missing = sorted({
+            step.service
+            for _, _, document in runs
+            for _, step, _ in all_steps(WorkflowPack.model_validate(document))
+            if isinstance(step, ServiceCallStep) and step.service not in known
+        })
+        if missing:
+            raise ConfigurationError(
+                "CORTX_SERVICE_REGISTRY", self.settings.service_registry_path or "(none)",
+                f"unfinished runs call services this registry lacks ({', '.join(missing)}); pass the registry "
+                "they were started with (--services FILE or CORTX_SERVICE_REGISTRY)",
+            )
+        self.connect()
         resumed, calls = [], []
-        for execution_id, isolation in run_sync(unfinished):
+        for execution_id, isolation, _ in runs:
             host = self._host(execution_id, isolation)
             self._hosts[execution_id] = host
             calls.append(host.resume.remote(execution_id))  # all sent before any answer is awaited

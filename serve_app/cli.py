@@ -121,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cortx-workflow schema | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         cause = _unwrap(exc)
         if isinstance(cause, WorkflowError):
@@ -239,7 +243,10 @@ def _run(args: argparse.Namespace) -> int:
     from actors.driver import WorkflowClient, coerce_pack
 
     client = WorkflowClient.from_env(registry_path=_registry_path(args))
-    loaded = coerce_pack(args.pack, services=client.registry.names())
+    from dsl.task_spec import TaskPolicy
+
+    # The same checks as WorkflowClient.start: services, and task functions on the allowlist.
+    loaded = coerce_pack(args.pack, services=client.registry.names(), tasks=TaskPolicy(client.settings.task_modules))
     inputs = _read_inputs(args.inputs)
     options: dict[str, Any] = {}
     if args.timeout is not None:
@@ -271,9 +278,11 @@ def _run(args: argparse.Namespace) -> int:
         record = client.wait(execution_id)
     except KeyboardInterrupt:
         if execution_id is not None:
+            registry = client.settings.service_registry_path
+            again = f"cortx-workflow recover --services {registry}" if registry else "cortx-workflow recover"
             print(
-                f"interrupted: execution {execution_id} is left unfinished; "
-                "'cortx-workflow recover' resumes it from its checkpoints",
+                f"interrupted: execution {execution_id} is left unfinished; '{again}' resumes it from its "
+                "checkpoints (with the same DATABASE_URL)",
                 file=sys.stderr,
             )
         raise
@@ -322,7 +331,7 @@ def _graph(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     from actors.driver import WorkflowClient
 
-    registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY")
+    registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY") or None
     client = WorkflowClient.from_env(registry_path=registry)
     import ray
 

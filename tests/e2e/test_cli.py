@@ -180,3 +180,53 @@ def test_unreachable_ray_address_is_one_line_at_once(tmp_path: Path) -> None:
 def test_demo_services_refuse_a_port_out_of_range() -> None:
     result = cli("demo-services", "--port", "99999", timeout=30)
     assert result.returncode == 2 and "not a port number" in result.stderr
+
+
+def test_run_refuses_a_task_function_off_the_allowlist_before_starting(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}", "CORTX_TASK_MODULES": ""}
+    result = cli("run", "examples/batch-scoring.yaml", "--inputs", "examples/batch-scoring.inputs.json", env=env,
+                 timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "examples.tasks" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.db").exists()  # refused before anything was stored
+
+
+def test_recover_without_the_runs_registry_refuses_instead_of_failing_them(tmp_path: Path) -> None:
+    import asyncio
+    import uuid
+
+    import yaml as _yaml
+
+    from persistence.store import open_store
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    pack = _yaml.safe_load((ROOT / "examples" / "loan-approval.yaml").read_text())
+
+    async def unfinished() -> str:
+        store = await open_store(url)
+        try:
+            record = await store.create_execution(
+                execution_id=str(uuid.uuid4()), workflow_pack_id=pack["id"], version=pack["version"],
+                pack_document=pack, inputs={}, options={}, status="running",
+            )
+            return record.execution_id
+        finally:
+            await store.close()
+
+    execution_id = asyncio.run(unfinished())
+    result = cli("recover", env={"DATABASE_URL": url, "CORTX_SERVICE_REGISTRY": ""}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "CORTX_SERVICE_REGISTRY" in result.stderr and "compliance" in result.stderr
+    assert "--services" in result.stderr and "Traceback" not in result.stderr
+    record = asyncio.run(_status_of(url, execution_id))
+    assert record == "running"  # untouched: it can still be recovered with the right registry
+
+
+async def _status_of(url: str, execution_id: str) -> str:
+    from persistence.store import open_store
+
+    store = await open_store(url)
+    try:
+        return (await store.get_execution(execution_id)).status
+    finally:
+        await store.close()
