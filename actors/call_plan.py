@@ -90,4 +90,8 @@ def plan_call(
     else:
         call = registry.resolve(step.service, endpoint, step.method)
         url = call.url
+    if call.auth is not None:
+        # The registry's secret header: a marker the step task fills in (never the value here).
+        header, scheme, secret = call.auth
+        headers = {**headers, header: SecretText.join([f"{scheme} " if scheme else "", SecretRef(secret)])}
     return CallPlan(call.method, url, {**call.headers, **headers}, body, call.timeout_seconds)

@@ -14,6 +14,13 @@ File format (YAML; ``examples/services.yaml`` configures the demo services)::
         timeout_seconds: 10                         # default 10; > 0
         headers:                                    # static headers (optional)
           X-Client: cortx-workflow                  # values must be strings
+        auth:                                       # a header whose value is a secret (optional)
+          header: Authorization                     # default Authorization
+          scheme: Bearer                            # optional prefix: "Bearer <value>"
+          secret: VALIDATION_API_KEY                # read in the step task (CORTX_SECRET_<NAME>)
+        retry:                                      # retry defaults for steps without their own
+          max_attempts: 5                           # (the fields of on_error.retry)
+          initial_delay_ms: 200
       compliance:
         base_url: http://127.0.0.1:8700/compliance
 
@@ -44,8 +51,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import ValidationError as PydanticValidationError
 
 from dsl.errors import ConfigurationError
+from dsl.models import RetryPolicy
+from dsl.secrets import SECRET_NAME_PATTERN
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -62,7 +72,8 @@ ENV_PREFIX = "CORTX_SERVICE_"
 ENV_SUFFIX = "_URL"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
-_SERVICE_KEYS = frozenset({"base_url", "endpoint", "method", "timeout_seconds", "headers"})
+_SERVICE_KEYS = frozenset({"base_url", "endpoint", "method", "timeout_seconds", "headers", "auth", "retry"})
+_AUTH_KEYS = frozenset({"header", "scheme", "secret"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 # RFC 9110 token characters; a header name outside them would be refused by the client later.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -79,6 +90,10 @@ class ServiceEndpoint:
         method: default HTTP method, upper-case.
         timeout_seconds: per-call timeout in seconds (> 0).
         headers: static headers sent with every call.
+        auth: ``(header, scheme or None, secret name)``: a header whose value is the
+            named secret, read only in the step task (``docs/security.md``); or None.
+        retry: the retry policy of steps that call this service and set none of their own
+            (takes the place of ``DEFAULT_RETRY_COUNT``); or None.
     """
 
     name: str
@@ -87,6 +102,8 @@ class ServiceEndpoint:
     method: str
     timeout_seconds: float
     headers: dict[str, str]
+    auth: tuple[str, str | None, str] | None = None
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,7 @@ class ResolvedCall:
         method: upper-case HTTP method.
         timeout_seconds: per-call timeout in seconds.
         headers: static headers (a copy; safe to extend).
+        auth: the service's secret header, as :attr:`ServiceEndpoint.auth`.
     """
 
     service: str
@@ -106,6 +124,7 @@ class ResolvedCall:
     method: str
     timeout_seconds: float
     headers: dict[str, str]
+    auth: tuple[str, str | None, str] | None = None
 
 
 class ServiceRegistry:
@@ -275,7 +294,12 @@ class ServiceRegistry:
         if "://" in path or path.startswith("//"):
             raise ConfigurationError("endpoint", path, f"must be a path below the base URL of service {service!r}")
         url = spec.base_url.rstrip("/") + "/" + path.lstrip("/")
-        return ResolvedCall(service, url, verb, spec.timeout_seconds, dict(spec.headers))
+        return ResolvedCall(service, url, verb, spec.timeout_seconds, dict(spec.headers), spec.auth)
+
+    def retry_policy(self, service: str) -> RetryPolicy | None:
+        """The service's retry defaults, or None (unknown service, or none configured)."""
+        spec = self._services.get(service)
+        return None if spec is None else spec.retry
 
     def __contains__(self, name: object) -> bool:
         return name in self._services
@@ -352,7 +376,36 @@ def _parse_service(source: str, name: str, spec: Any) -> ServiceEndpoint:
         if not isinstance(value, str) or "\n" in value or "\r" in value:
             # The value may be a secret: report its type, not the value.
             raise _error(source, f"{where}.headers.{key}", _kind(value), "must be a one-line string (quote numbers in YAML)")
-    return ServiceEndpoint(name, base_url, endpoint, method, float(timeout), dict(headers))
+    auth = _parse_auth(source, f"{where}.auth", spec["auth"]) if spec.get("auth") is not None else None
+    retry = None
+    if spec.get("retry") is not None:
+        if not isinstance(spec["retry"], dict):
+            raise _error(source, f"{where}.retry", _kind(spec["retry"]), "must be a mapping of on_error.retry fields")
+        try:
+            retry = RetryPolicy.model_validate(spec["retry"])
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise _error(source, f"{where}.retry" + (f".{field}" if field else ""), None, first["msg"]) from None
+    return ServiceEndpoint(name, base_url, endpoint, method, float(timeout), dict(headers), auth, retry)
+
+
+def _parse_auth(source: str, where: str, spec: Any) -> tuple[str, str | None, str]:
+    if not isinstance(spec, dict):
+        raise _error(source, where, _kind(spec), "must be a mapping with 'secret' (and optional 'header', 'scheme')")
+    unknown = sorted(str(k) for k in spec if k not in _AUTH_KEYS)
+    if unknown:
+        raise _error(source, f"{where}.{unknown[0]}", None, f"unknown key; allowed: {', '.join(sorted(_AUTH_KEYS))}")
+    header = spec.get("header", "Authorization")
+    if not isinstance(header, str) or not _HEADER_NAME.match(header):
+        raise _error(source, f"{where}.header", header, "is not a valid HTTP header name")
+    scheme = spec.get("scheme")
+    if scheme is not None and (not isinstance(scheme, str) or not _HEADER_NAME.match(scheme)):
+        raise _error(source, f"{where}.scheme", scheme, "must be one word, e.g. Bearer")
+    secret = spec.get("secret")
+    if not isinstance(secret, str) or not re.fullmatch(SECRET_NAME_PATTERN, secret):
+        raise _error(source, f"{where}.secret", secret, "must name a secret: letters, digits and '_', not starting with a digit")
+    return header, scheme, secret
 
 
 def _check_url(name: str, value: Any, where: str) -> str:

@@ -14,6 +14,7 @@ Rules it applies (FDD §2, §7, §8):
   up to the run (error propagation, FDD §2.3). A skipped step (the branch not taken)
   counts as finished for anything that depends on it.
 * A failing work step is retried per its retry policy, else ``options.max_retries``, else
+  its service's ``retry`` in the registry, else
   ``DEFAULT_RETRY_COUNT`` retries, with backoff (FDD §8.1). Which errors are retried is the
   policy's ``retry_on``; a 4xx answer is not retried unless asked.
 * Resume is replay: a work step whose completed checkpoint exists returns its stored
@@ -257,6 +258,7 @@ class Scheduler:
         self._registry = registry
         self._slots = asyncio.Semaphore(max_parallel_steps)
         self._default_retries = default_retry_count if max_retries is None else max_retries
+        self._run_sets_retries = max_retries is not None  # options.max_retries beats service defaults
         self._timeout_seconds = timeout_seconds
         self._max_loop_iterations = max_loop_iterations
         self._sleep = sleep
@@ -568,13 +570,15 @@ class Scheduler:
             for index in range(len(items)):
                 await iteration(index)
         else:
-            gate = asyncio.Semaphore(width)
+            # `width` workers take the indexes in order: memory stays flat in the item count
+            # (no task per item waiting for a slot); the first failure stops them all.
+            indexes = iter(range(len(items)))
 
-            async def gated(index: int) -> None:
-                async with gate:
+            async def worker() -> None:
+                for index in indexes:
                     await iteration(index)
 
-            tasks = [asyncio.ensure_future(gated(i)) for i in range(len(items))]
+            tasks = [asyncio.ensure_future(worker()) for _ in range(min(width, len(items)))]
             try:
                 await asyncio.gather(*tasks)
             finally:
@@ -709,6 +713,11 @@ class Scheduler:
     def _policy(self, step: Step) -> RetryPolicy:
         if step.on_error is not None and step.on_error.retry is not None:
             return step.on_error.retry
+        if isinstance(step, ServiceCallStep) and not self._run_sets_retries:
+            # The service's own defaults (the registry's `retry`) before the engine's.
+            policy = self._registry.retry_policy(step.service)
+            if policy is not None:
+                return policy
         return RetryPolicy(max_attempts=self._default_retries + 1)
 
     def _delay_ms(self, policy: RetryPolicy, attempt: int, retry_after_s: Any) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import stored_checkpoints
 from tests.leaks import dump_rows, occurrences
 from tests.stubs import StubServer
 
@@ -354,3 +355,35 @@ def test_the_step_runner_reads_a_named_secret_from_its_environment(monkeypatch: 
         [received] = stub.requests("hooks POST /v1/echo")
     assert received.headers["Authorization"] == "Token env-value-7d21c0" and received.body == {"key": "env-value-7d21c0"}
     assert result["ok"] and result["body"] == {"key": "***"}
+
+
+def test_a_registry_service_authenticates_with_a_secret_header_and_its_retry_defaults(
+    engine_db: str, make_client: Any, tmp_path: Path
+) -> None:
+    """The registry's ``auth`` puts ``Bearer <secret>`` on every call, read only in the step
+    task; its ``retry`` replaces DEFAULT_RETRY_COUNT for steps without their own policy."""
+    from actors.registry import ServiceRegistry
+
+    routes = {
+        "payments POST /v1/charge": {"respond_script": {"first_n": 2, "status": 503, "then": {"status": 200, "body": {"ok": True}}}},
+        "ledger POST /v1/entry": {"respond": [{"status": 503}]},
+    }
+    with StubServer(routes) as stub:
+        registry = ServiceRegistry.from_mapping({"services": {
+            "payments": {"base_url": f"{stub.url}/payments",
+                         "auth": {"scheme": "Bearer", "secret": "API_KEY"},
+                         "retry": {"max_attempts": 3, "initial_delay_ms": 10, "max_delay_ms": 10}},
+            "ledger": {"base_url": f"{stub.url}/ledger", "retry": {"max_attempts": 1}},
+        }})
+        client = make_client(engine_db, registry, secrets_file=_secrets_file(tmp_path, API_KEY=API_KEY))
+        charge = {"id": "charge", "type": "service_call", "service": "payments", "endpoint": "/v1/charge", "inputs": {}}
+        paid = client.run({"id": "pay", "name": "pay", "version": "1.0.0", "steps": [charge]}, {}, timeout_s=60)
+        entry = {"id": "entry", "type": "service_call", "service": "ledger", "endpoint": "/v1/entry", "inputs": {}}
+        booked = client.run({"id": "book", "name": "book", "version": "1.0.0", "steps": [entry]}, {}, timeout_s=60)
+        sent = stub.requests("payments POST /v1/charge")
+        ledger_calls = stub.count("ledger POST /v1/entry")
+    assert paid["status"] == "completed", paid.get("error")
+    assert [r.headers.get("Authorization") for r in sent] == [f"Bearer {API_KEY}"] * 3  # 2 failures, then success
+    assert booked["status"] == "failed" and ledger_calls == 1  # the registry says one attempt (default: 4)
+    stored = stored_checkpoints(engine_db, paid["execution_id"])
+    assert API_KEY not in json.dumps([c.to_dict() for c in stored]) and API_KEY not in json.dumps(paid)

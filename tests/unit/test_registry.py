@@ -248,3 +248,36 @@ def test_endpoints_cannot_leave_the_base_url(endpoint: str) -> None:
     with _pytest.raises(ConfigurationError):
         registry.resolve("svc", endpoint)
     assert registry.resolve("svc", "/v1/x").url == "http://127.0.0.1:1/svc/v1/x"
+
+
+def test_auth_and_retry_defaults_are_parsed_and_checked() -> None:
+    registry = ServiceRegistry.from_mapping({"services": {"pay": {
+        "base_url": "https://pay.example.com",
+        "auth": {"header": "X-Api-Key", "secret": "PAY_KEY"},
+        "retry": {"max_attempts": 5, "initial_delay_ms": 100},
+    }, "plain": {"base_url": "https://plain.example.com"}}})
+    call = registry.resolve("pay", "/v1/charge")
+    assert call.auth == ("X-Api-Key", None, "PAY_KEY") and "X-Api-Key" not in call.headers
+    policy = registry.retry_policy("pay")
+    assert policy is not None and (policy.max_attempts, policy.initial_delay_ms) == (5, 100)
+    assert registry.retry_policy("plain") is None and registry.retry_policy("nope") is None
+    assert registry.resolve("plain", "/x").auth is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "key_path"),
+    [
+        ({"auth": {"secret": "not a name"}}, "services.pay.auth.secret"),
+        ({"auth": {"secret": "K", "header": "Bad Header"}}, "services.pay.auth.header"),
+        ({"auth": {"secret": "K", "token": "x"}}, "services.pay.auth.token"),
+        ({"auth": "Bearer abc"}, "services.pay.auth"),
+        ({"retry": {"max_attempts": 0}}, "services.pay.retry.max_attempts"),
+        ({"retry": {"initial_delay_ms": 500, "max_delay_ms": 10}}, "services.pay.retry"),
+        ({"retry": 3}, "services.pay.retry"),
+    ],
+)
+def test_bad_auth_or_retry_names_the_key_path(spec: dict, key_path: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ServiceRegistry.from_mapping({"services": {"pay": {"base_url": "https://pay.example.com", **spec}}})
+    assert caught.value.name == key_path, caught.value.message()
+    assert "abc" not in caught.value.message()  # an auth value is never echoed
