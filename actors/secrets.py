@@ -215,10 +215,34 @@ def masked_strings(values: Any) -> list[str]:
     """
     out: set[str] = set()
     for value in values:
-        text = value if isinstance(value, str) else json.dumps(value)
-        out.add(text)
-        out.add(quote(text, safe=""))
+        for text in _leaf_texts(value):
+            # as written, URL-encoded, JSON-escaped (an echoed JSON body), lower-cased (a host)
+            out.update((text, quote(text, safe=""), json.dumps(text)[1:-1], text.lower()))
     return sorted((t for t in out if len(t) >= MIN_MASKED_LENGTH), key=len, reverse=True)
+
+
+def _leaf_texts(value: Any) -> list[str]:
+    """The texts a secret value can reappear as: itself, or each leaf of an object or list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _leaf_texts(item)] + [json.dumps(value)]
+    if isinstance(value, list):
+        return [text for item in value for text in _leaf_texts(item)] + [json.dumps(value)]
+    return [json.dumps(value)]
+
+
+def _mask_cut_tail(text: str, secret: str) -> str:
+    """Mask what is left of ``secret`` at the end of ``text`` after a length limit cut it.
+
+    Messages and body excerpts are cut to a fixed length; a secret cut there is no longer
+    found whole, yet all but its last characters would be readable.
+    """
+    core = text.rstrip(".… ")
+    for k in range(len(secret) - 1, MIN_MASKED_LENGTH - 1, -1):
+        if core.endswith(secret[:k]):
+            return core[:-k] + MASK + text[len(core):]
+    return text
 
 
 def redact(value: Any, secrets: list[str]) -> Any:
@@ -234,11 +258,14 @@ def redact(value: Any, secrets: list[str]) -> Any:
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
+            value = _mask_cut_tail(value, secret)
         return value
     if isinstance(value, dict):
         return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, secrets) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and json.dumps(value) in secrets:
+        return MASK  # a secret number echoed back as a number
     return value
 
 

@@ -225,9 +225,12 @@ def validate_inputs(pack: WorkflowPack, inputs: Any) -> dict[str, Any]:
         ValidationIssue(
             "input_schema",
             "".join(f"/{escape_pointer(p)}" for p in err.absolute_path),
-            # jsonschema quotes the offending value: never for a secret input.
+            # jsonschema quotes the offending value: never a secret input's, nor (at the top
+            # level, where the value is all the inputs) any when the pack has secret inputs.
             f"the secret input breaks the schema rule {err.validator!r}"
             if err.absolute_path and err.absolute_path[0] in secret
+            else f"the inputs break the schema rule {err.validator!r} (values not shown: the pack has secret inputs)"
+            if secret and not err.absolute_path and err.validator not in ("required", "additionalProperties")
             else err.message,
         )
         for err in errors
@@ -803,6 +806,9 @@ def _input_schema_issues(pack: WorkflowPack) -> list[ValidationIssue]:
     except jsonschema.SchemaError as exc:
         where = "".join(f"/{escape_pointer(p)}" for p in exc.path)
         return [ValidationIssue("bad_input_schema", "/inputs" + where, f"inputs is not a valid JSON Schema: {exc.message}")]
+    except RecursionError:
+        # e.g. a pattern of a thousand nested groups, which the meta-schema's regex check parses
+        return [ValidationIssue("bad_input_schema", "/inputs", "inputs is nested too deeply to check (a pattern or a subschema)")]
     # Pointers are into the schema as the engine reads it (shorthand inputs sit under /properties).
     base = "/inputs"
     issues = [ValidationIssue("unsupported_pattern", base + where, message) for where, message in pattern_issues(schema)]

@@ -162,9 +162,38 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
 
-#: How JSON columns are serialised: compact, and refusing NaN/Infinity on every backend
-#: (PostgreSQL's JSONB rejects them; SQLite would otherwise store them).
-json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+# JSON columns: compact, refusing NaN/Infinity on every backend (PostgreSQL's JSONB
+# rejects them; SQLite would otherwise store them).
+_json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
+#: Escapes PostgreSQL refuses in JSONB ("unsupported Unicode escape sequence"): NUL and
+#: UTF-16 surrogates, which only a lone surrogate produces after json.dumps.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f][0-9a-f]{2})")
+
+
+def json_dumps(value: Any) -> str:
+    """How JSON columns are serialised: compact, refusing NaN/Infinity on every backend.
+
+    A NUL character or a lone surrogate in any string (an upstream's error body, a task's
+    exception message) is replaced by U+FFFD, which every backend stores: PostgreSQL refuses
+    both, and a checkpoint that cannot be written would fail the run for the wrong reason.
+    """
+    text = _json_dumps(value)
+    if "\\u" in text and _UNSTORABLE_ESCAPE.search(text):
+        text = _json_dumps(storable_text(value))
+    return text
+
+
+def storable_text(value: Any) -> Any:
+    """``value`` with NUL and lone surrogates in its strings (and keys) replaced by U+FFFD."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+            return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {storable_text(k): storable_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable_text(v) for v in value]
+    return value
 
 
 def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:

@@ -37,7 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from dsl.errors import ExecutionNotFoundError, FencedError, PackConflictError
 from persistence.admission import SqlAdmission
-from persistence.engine import WRITE_OPTION
+from persistence.engine import WRITE_OPTION, storable_text
 from persistence.outbox import NewEvent, SqlOutbox, check_events, claim_event, finish_event, insert_events_in_transaction
 from persistence.models import (
     EXECUTION_SECRETS,
@@ -440,7 +440,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
             .values(
                 status=status,
                 outputs=bindparam(None, outputs, type_=json_type()),
-                error=error,
+                error=storable_text(error),  # no NUL in a TEXT column (PostgreSQL refuses it)
                 error_detail=bindparam(None, error_detail, type_=json_type()),
                 completed_at=now,
                 updated_at=now,

@@ -705,3 +705,35 @@ def test_str_enum_statuses_are_stored_as_plain_strings(store_url: str) -> None:
         assert run.execution_id in {r.execution_id for r in by_string}
 
     with_store(store_url, body)
+
+
+def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(store_url: str) -> None:
+    """An upstream's error body or a task's exception may hold NUL or a lone surrogate, which
+    PostgreSQL refuses in JSONB and TEXT; the checkpoint and the final record must still be
+    written (else the run fails for the wrong reason)."""
+
+    async def body(store: Store) -> None:
+        run = await store.claim_execution((await new_run(store, status="running")).execution_id)
+        bad = "nul\x00 and \ud800 here"
+        cp = dataclass_replace(
+            checkpoint(run.execution_id, "a", outputs={"body": bad, bad: [bad]}),
+            status="failed", error={"kind": "http_status", "message": bad, "body_excerpt": bad},
+        )
+        assert await store.write_checkpoint(cp, owner_epoch=run.owner_epoch)
+        done = await store.finish_execution(
+            run.execution_id, owner_epoch=run.owner_epoch, status="failed", error=bad, error_detail={"message": bad}
+        )
+        [stored] = await store.load_checkpoints(run.execution_id)
+        clean = "nul\ufffd and \ufffd here"
+        if store_url != "memory://":  # the memory store keeps Python strings as they are
+            assert stored.error == {"kind": "http_status", "message": clean, "body_excerpt": clean}
+            assert stored.outputs == {"body": clean, clean: [clean]}
+            assert (done.error, done.error_detail) == (clean, {"message": clean})
+        # an emoji (a surrogate pair once escaped) and the text "\\u0000" are kept as they are
+        keep = "ok \U0001F600 and \\u0000 literally"
+        again = dataclass_replace(checkpoint(run.execution_id, "b", outputs=keep))
+        other = await store.claim_execution((await new_run(store, status="running")).execution_id)
+        await store.write_checkpoint(dataclass_replace(again, execution_id=other.execution_id), owner_epoch=other.owner_epoch)
+        assert [c.outputs for c in await store.load_checkpoints(other.execution_id)] == [keep]
+
+    with_store(store_url, body)

@@ -184,7 +184,8 @@ def test_placeholders_round_trip_through_text_code() -> None:
 def test_redact_masks_values_and_their_url_form_everywhere() -> None:
     masked = masked_strings(["tok/abc 1", 12345678, "abc"])  # "abc" is too short to mask
     value = {"message": "HTTP 500 from POST http://h/tok%2Fabc%201", "body": ["tok/abc 1", 12345678, "12345678"]}
-    assert redact(value, masked) == {"message": "HTTP 500 from POST http://h/***", "body": ["***", 12345678, "***"]}
+    # a secret number echoed as a number is masked too
+    assert redact(value, masked) == {"message": "HTTP 500 from POST http://h/***", "body": ["***", "***", "***"]}
 
 
 def test_split_secret_inputs_keeps_a_mask_in_the_stored_inputs() -> None:
@@ -208,3 +209,20 @@ def test_webhook_id_is_stable_per_step_execution() -> None:
     assert first["webhook-id"] == again["webhook-id"] == webhook_id("run-1/notify")
     assert first["webhook-signature"] != again["webhook-signature"]  # the timestamp is signed
     assert webhook_id("run-1/loop[1]/notify") != webhook_id("run-1/loop[0]/notify")
+
+
+def test_redaction_covers_cut_encoded_and_non_string_forms_of_a_secret() -> None:
+    """What a length limit, a JSON echo, a host name or a number makes of a secret is masked too."""
+    from actors.secrets import masked_strings, redact
+
+    key, pin, card = "sk_live_ABCDEFGHIJKLMNOPQRSTUVWXYZ1234", 98765432, {"number": "4111-SECRET-CARD-1111"}
+    odd = 'q"uote-v\u00e4lue-\u20acx'
+    secrets = masked_strings([key, pin, card, odd])
+    cut = "refused http://blocked.example/" + "p" * 40 + "/" + key[:-1]  # cut one short by a limit
+    assert key[:8] not in redact(cut, secrets) and redact(cut, secrets).endswith("/***")
+    assert key[:8] not in redact(cut + "\u2026", secrets)
+    echoed = {"pin": pin, "card": card, "raw": json.dumps(odd)[1:-1], "host": f"{key.lower()}.example.com"}
+    masked = json.dumps(redact(echoed, secrets))
+    for leaked in (str(pin), card["number"], "v\\u00e4lue", key.lower()):
+        assert leaked not in masked, leaked
+    assert redact("a plain sentence", secrets) == "a plain sentence"

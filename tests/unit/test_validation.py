@@ -363,3 +363,11 @@ def test_patterns_that_need_backtracking_are_refused_with_their_pointer() -> Non
         ("unsupported_pattern", "/inputs/unevaluatedProperties"),
     }, found
     assert all("linear time" in i.message or "additionalProperties" in i.message for i in caught.value.issues)
+
+
+def test_a_pattern_nested_beyond_recursion_is_an_issue_not_a_crash() -> None:
+    deep = "(" * 1000 + "a" + ")" * 1000
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(_schema_pack({"type": "object", "properties": {"x": {"type": "string", "pattern": deep}}}))
+    assert caught.value.issues[0].code in {"bad_input_schema", "unsupported_pattern"}
+    assert caught.value.issues[0].pointer.startswith("/inputs")
