@@ -13,7 +13,7 @@ Subscriptions are configuration (trusted, like the service registry), never pack
           url: https://hooks.example.com/cortx
           events: ["execution.*", "step.failed", "order.*"]   # fnmatch patterns; default ["*"]
           signing_secret: OPS_HOOK_SECRET     # a named secret (CORTX_SECRET_<NAME> or the secrets file)
-          timeout_seconds: 10                 # per attempt, in s
+          timeout_seconds: 10                 # per attempt (the whole answer), in s
           initial_delay_ms: 500               # first retry delay; doubles per failed attempt
           max_delay_ms: 60000                 # cap of the retry delay
 
@@ -33,7 +33,8 @@ Delivery (one :class:`EventDelivery` loop per shared ExecutionHost):
   after each acknowledgement. A failure (not 2xx, a timeout, a refused connection) stops
   that run's delivery for that subscription until ``next_attempt_at``; the delay doubles
   per failed attempt from ``initial_delay_ms`` up to ``max_delay_ms``, and retries go on
-  until the receiver acknowledges. Other runs are not held up. A restarted host starts
+  until the receiver acknowledges. Other runs are not held up, and subscriptions are
+  delivered side by side: a slow or failing receiver delays only its own deliveries. A restarted host starts
   again from the cursors: only unacknowledged events are sent again, so a receiver sees
   an event twice at most when the host died between its 2xx and the cursor write;
   ``webhook-id`` is the deduplication key.
@@ -328,12 +329,13 @@ class EventDelivery:
             if self._owns(head.execution_id, head.isolation):
                 self._owed[head.execution_id] = max(self._owed.get(head.execution_id, 0), head.last_seq)
         self._last_scan = now
-        delivered = 0
         settled: set[str] = set(self._owed)
-        for subscription in self._subscriptions:
-            cursors = await self._store.delivery_cursors(subscription.name, list(self._owed))
+        owed = dict(self._owed)
+
+        async def deliver(subscription: Subscription) -> int:
+            cursors = await self._store.delivery_cursors(subscription.name, list(owed))
             due = []
-            for execution_id, last in self._owed.items():
+            for execution_id, last in owed.items():
                 cursor = cursors.get(execution_id)
                 done = cursor.delivered_seq if cursor else 0
                 if done >= last:
@@ -343,11 +345,14 @@ class EventDelivery:
                     due.append((execution_id, done, cursor.attempts if cursor else 0))
             gate = asyncio.Semaphore(CONCURRENCY)
 
-            async def one(execution_id: str, done: int, attempts: int, subscription: Subscription = subscription) -> int:
+            async def one(execution_id: str, done: int, attempts: int) -> int:
                 async with gate:
                     return await self._deliver_run(subscription, execution_id, done, attempts)
 
-            delivered += sum(await asyncio.gather(*(one(*item) for item in due)))
+            return sum(await asyncio.gather(*(one(*item) for item in due)))
+
+        # Subscriptions are delivered side by side: a slow receiver holds up only its own.
+        delivered = sum(await asyncio.gather(*(deliver(s) for s in self._subscriptions)))
         for execution_id in settled:  # every subscription has all it knew of: forget until new events come
             self._owed.pop(execution_id, None)
         return delivered
@@ -405,8 +410,14 @@ class EventDelivery:
             except (SecretNotFoundError, ConfigurationError, ValueError) as exc:
                 return f"signing secret unavailable: {type(exc).__name__}"
         try:
-            answer = await self._client.post(subscription.url, content=body, headers=headers,
-                                             timeout=subscription.timeout_seconds)
+            # httpx's timeout bounds each read; a receiver trickling bytes would never trip it,
+            # so the whole attempt also has a deadline.
+            answer = await asyncio.wait_for(
+                self._client.post(subscription.url, content=body, headers=headers, timeout=subscription.timeout_seconds),
+                subscription.timeout_seconds,
+            )
+        except TimeoutError:
+            return f"no complete answer within {subscription.timeout_seconds} s from POST {subscription.url}"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__} from POST {subscription.url}"
         if 200 <= answer.status_code < 300:

@@ -285,3 +285,68 @@ def test_the_ledger_receives_every_event_as_an_audit_record(
     assert [(r["seq"], r["type"], r["event_id"]) for r in got] == [(e.seq, e.type, e.event_id) for e in events]
     assert all(r["record_type"] == "workflow.event" and r["at"].endswith("Z") for r in got)
     assert CARD not in json.dumps(got)
+
+
+class Trickler:
+    """A receiver that answers one byte a second and never finishes: no read ever times out."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/slow"
+        self.connections = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n")
+            while not self._stop.is_set():
+                conn.sendall(b" ")
+                time.sleep(1.0)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+def test_a_trickling_receiver_holds_up_neither_other_subscriptions_nor_itself_for_ever(
+    engine_db: str, demo_services: Any, make_client: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    from actors.events_delivery import Subscription
+
+    slow = Trickler()
+    try:
+        hooks = (
+            Subscription(name="trickle", url=slow.url, signing_secret="HOOK_KEY", timeout_seconds=2,
+                         initial_delay_ms=500, max_delay_ms=1000),
+            Subscription(name="healthy", url=receiver.url, signing_secret="HOOK_KEY"),
+        )
+        client = make_client(engine_db, demo_registry(demo_services.url), event_subscriptions=hooks,
+                             secrets_file=secrets_file(tmp_path))
+        execution_id = client.start(pack(f"/v1/charge-{uuid.uuid4().hex[:8]}"), {"order": "A-2", "card": CARD})
+        assert client.wait(execution_id, timeout_s=120)["status"] == "completed"
+        events = stored_events(engine_db, execution_id)
+        wait_until(lambda: len(receiver.acked(execution_id)) >= len(events), 60, "the healthy receiver's events")
+        # the trickler's attempts end at their deadline and are tried again: more than one connection
+        wait_until(lambda: slow.connections >= 2, 30, "a second attempt at the trickling receiver")
+    finally:
+        slow.stop()
+    assert [b["data"]["seq"] for b in receiver.acked(execution_id)] == [e.seq for e in events]
