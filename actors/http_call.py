@@ -143,11 +143,19 @@ def call_http(
 
     if 200 <= response.status_code < 300:
         return {"ok": True, "status": response.status_code, "body": _parse_body(response), "elapsed_ms": _ms(started)}
+    return _status_failure(started, response, f"HTTP {response.status_code} from {where}")
+
+
+def _status_failure(started: float, response: httpx.Response, message: str) -> dict[str, Any]:
+    """The typed ``http_status`` failure of an answer that is not a success (shared with http steps).
+
+    Retryable for 5xx, 408 and 429; carries the status, a body excerpt and ``Retry-After``.
+    """
     status = response.status_code
     return _failure(
         started,
         "http_status",
-        f"HTTP {status} from {where}",
+        message,
         retryable=status >= 500 or status in RETRYABLE_STATUSES,
         status=status,
         body_excerpt=response.text[:BODY_EXCERPT_CHARS],

@@ -32,8 +32,6 @@ import httpx
 from actors.call_plan import CallPlan
 from actors.egress import EgressPolicy, EgressRefusedError, check_url, guarded_client
 from actors.http_call import (
-    BODY_EXCERPT_CHARS,
-    RETRYABLE_STATUSES,
     _build_headers,
     _call_failure,
     _encode_json,
@@ -41,9 +39,9 @@ from actors.http_call import (
     _Invalid,
     _ms,
     _parse_body,
-    _retry_after,
     _safe_url,
     _secret_values,
+    _status_failure,
 )
 from dsl.errors import ConfigurationError
 from dsl.http_spec import DEFAULT_EXPECTED_STATUS, METHODS_WITHOUT_BODY, status_matches
@@ -231,14 +229,8 @@ def call_url(
             "redirects": hop,
             "elapsed_ms": _ms(started),
         }
-    return _failure(
-        started,
-        "http_status",
-        f"HTTP {status} from {where} (expected {', '.join(map(str, expected_status))})",
-        retryable=status >= 500 or status in RETRYABLE_STATUSES,
-        status=status,
-        body_excerpt=response.text[:BODY_EXCERPT_CHARS],
-        retry_after_s=_retry_after(response.headers.get("retry-after")),
+    return _status_failure(
+        started, response, f"HTTP {status} from {where} (expected {', '.join(map(str, expected_status))})"
     )
 
 

@@ -41,14 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PACK_ID = "bench-echo"
 
 
@@ -117,23 +115,6 @@ async def load(
     return latencies, errors, time.monotonic() - began, bodies
 
 
-def fresh_database() -> tuple[str, Any]:
-    import asyncpg
-
-    name = f"cortx_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    return url, lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def start_service(database_url: str, demo_url: str, port: int, key: str, workdir: Path) -> subprocess.Popen[str]:
     registry = workdir / "services.yaml"
     registry.write_text(f"services:\n  echo:\n    base_url: {demo_url}/echo\n")
@@ -182,7 +163,12 @@ def main() -> None:
 
     from serve_app.demo_services import start_in_thread
 
-    database_url, drop = (args.database_url, lambda: None) if args.database_url else fresh_database()
+    from benchmarks.suite import fresh_database  # one helper for every benchmark's database
+
+    if args.database_url:
+        database_url, drop = args.database_url, lambda: None
+    else:
+        database_url, _dsn, drop = fresh_database()
     demo = start_in_thread()
     key = "bench-" + secrets.token_urlsafe(24)
     port = free_port()
