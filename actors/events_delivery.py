@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import json
 import logging
 import re
 import time
@@ -71,9 +70,8 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
-import yaml
 
-from actors.secrets import resolve_secret
+from actors.secrets import read_config_file, resolve_secret
 from actors.webhooks import encode_body, sign
 from dsl.errors import ConfigurationError, SecretNotFoundError
 from dsl.secrets import SECRET_NAME_PATTERN
@@ -220,16 +218,8 @@ def load_subscriptions(path: str | Path) -> tuple[Subscription, ...]:
     Raises:
         ConfigurationError: (``CORTX_EVENT_SUBSCRIPTIONS``) unreadable, not YAML/JSON, or invalid.
     """
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(SUBSCRIPTIONS_ENV, where, f"cannot be read: {type(exc).__name__}") from None
-    try:
-        data = json.loads(text) if where.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigurationError(SUBSCRIPTIONS_ENV, where, f"is not valid YAML or JSON: {exc}") from None
-    return parse_subscriptions(data, f"{SUBSCRIPTIONS_ENV} ({where})")
+    data = read_config_file(path, SUBSCRIPTIONS_ENV)
+    return parse_subscriptions(data, f"{SUBSCRIPTIONS_ENV} ({path})")
 
 
 def ledger_subscription(registry: Any) -> Subscription | None:

@@ -61,6 +61,30 @@ MIN_MASKED_LENGTH = 4
 """Shortest secret value that :func:`redact` masks, in characters."""
 
 
+def read_config_file(path: str | Path, setting: str, *, quote_parser: bool = True) -> Any:
+    """Parse a configuration file: ``.json`` as JSON, anything else as (safe) YAML.
+
+    Args:
+        path: the file.
+        setting: the variable that names it, for errors.
+        quote_parser: include the parser's message (it may quote the file's text; never for
+            a file of secrets).
+
+    Raises:
+        ConfigurationError: (``setting``, the path) the file cannot be read or parsed.
+    """
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(setting, where, f"cannot be read: {type(exc).__name__}") from None
+    try:
+        return json.loads(text) if where.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        detail = f": {exc}" if quote_parser else f" ({type(exc).__name__})"
+        raise ConfigurationError(setting, where, f"is not valid YAML or JSON{detail}") from None
+
+
 def load_secrets_file(path: str | Path) -> dict[str, str]:
     """Read a secrets file: a YAML or JSON mapping of secret name to string value.
 
@@ -75,15 +99,8 @@ def load_secrets_file(path: str | Path) -> dict[str, str]:
             value is not a scalar. The error names the file and the key, never a value.
     """
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(SECRETS_FILE_ENV, where, f"cannot be read: {type(exc).__name__}") from None
-    try:
-        data = json.loads(text) if where.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        # The parser's message may quote the file's text: name only the error class.
-        raise ConfigurationError(SECRETS_FILE_ENV, where, f"is not valid YAML or JSON ({type(exc).__name__})") from None
+    # The parser's message may quote the file's text: name only the error class.
+    data = read_config_file(path, SECRETS_FILE_ENV, quote_parser=False)
     if data is None:
         return {}
     if not isinstance(data, dict):
