@@ -40,7 +40,7 @@ from dsl.secrets import split_secret_inputs
 from dsl.state import ExecutionStatus, is_terminal
 from persistence.store import Store, open_store
 
-__all__ = ["ExecutionHost", "RayStepRunner", "dedicated_host_name", "get_host", "shared_host_name"]
+__all__ = ["ExecutionHost", "RayStepRunner", "dedicated_host_name", "get_host", "shared_host_name", "store_submission"]
 
 log = logging.getLogger("cortx.host")
 
@@ -116,6 +116,47 @@ class RayStepRunner:
             request.function, request.kwargs, self._task_modules, pickled
         )
         return await _await_step_task(ref, f"the task of function {request.function!r} failed")
+
+
+async def store_submission(store: Store, settings: Settings, request: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """Store a new execution ``queued`` and run one admission pass (FDD §3.1, §9.2).
+
+    The one write path of a new run, shared by :meth:`ExecutionHost.submit` (driver API)
+    and the HTTP API's execute (which does it in the Serve replica, so that answering 202
+    never waits on a busy host). The caller hands each admitted run over to its owner host
+    (``resume``); a hand-over that is lost is redone by a supervisor pass
+    (``UNCLAIMED_AFTER_S``).
+
+    Args:
+        store: an open store.
+        settings: engine settings (``max_concurrent_executions``).
+        request: ``{"pack": <pack document>, "inputs": {...}, "options": {...},
+            "execution_id": optional str, "isolation": "shared"|"dedicated"}``; the pack
+            and inputs are validated by the caller.
+
+    Returns:
+        ``(record, admitted)``: the stored record (status ``queued``) and the records of
+        every run this pass admitted (status ``running``; the new run among them if a
+        slot was free).
+
+    Raises:
+        ValueError: an execution with that id already exists.
+    """
+    pack = request["pack"]
+    # `secret: true` inputs go to the secret store; the run's record holds "***" for them.
+    inputs, secret_inputs = split_secret_inputs(WorkflowPack.model_validate(pack).input_schema(), request.get("inputs") or {})
+    record = await store.create_execution(
+        execution_id=request.get("execution_id") or str(uuid.uuid4()),
+        workflow_pack_id=str(pack["id"]),
+        version=str(pack["version"]),
+        pack_document=pack,
+        inputs=inputs,
+        secret_inputs=secret_inputs,
+        options=request.get("options") or {},
+        isolation=request.get("isolation") or "shared",
+        status=ExecutionStatus.QUEUED.value,
+    )
+    return record, await store.admit_queued(settings.max_concurrent_executions)
 
 
 class ExecutionHost:
@@ -202,29 +243,15 @@ class ExecutionHost:
                 and inputs are validated by the caller.
 
         Returns:
-            The FDD §3.1/§3.2 record of the new execution (status ``running``).
+            The FDD §3.1/§3.2 record of the new execution (status ``running``, or
+            ``queued`` when no slot is free).
         """
         store = await self._get_store()
-        pack = request["pack"]
-        # `secret: true` inputs go to the secret store; the run's record holds "***" for them.
-        inputs, secret_inputs = split_secret_inputs(
-            WorkflowPack.model_validate(pack).input_schema(), request.get("inputs") or {}
-        )
-        record = await store.create_execution(
-            execution_id=request.get("execution_id") or str(uuid.uuid4()),
-            workflow_pack_id=str(pack["id"]),
-            version=str(pack["version"]),
-            pack_document=pack,
-            inputs=inputs,
-            secret_inputs=secret_inputs,
-            options=request.get("options") or {},
-            isolation=request.get("isolation") or "shared",
-            status=ExecutionStatus.QUEUED.value,
-        )
-        # Admission (FDD §9.2): the run starts now if a slot is free, else when one frees.
-        for admitted in await self._admit():
-            if admitted.execution_id == record.execution_id:
-                record = admitted
+        record, admitted = await store_submission(store, self._settings, request)
+        for run in admitted:
+            self._hand_over(run.execution_id, run.isolation)
+            if run.execution_id == record.execution_id:
+                record = run
         return status_record(record, self._settings)
 
     # --- admission (FDD §9.2, persistence.admission) ---------------------------------------

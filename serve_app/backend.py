@@ -33,6 +33,8 @@ import zlib
 from datetime import datetime
 from typing import Any
 
+from actors.execution import status_record
+from actors.host import store_submission
 from actors.registry import ServiceRegistry
 from actors.settings import Settings
 from dsl.errors import InputValidationError, PackValidationError, WorkflowError
@@ -84,6 +86,7 @@ class Backend:
         self._store: Store | None = None
         self._lock: asyncio.Lock | None = None
         self._hosts: dict[str, Any] = {}
+        self._handovers: set[asyncio.Task[None]] = set()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -195,8 +198,13 @@ class Backend:
             "execution_id": execution_id,
             "isolation": isolation,
         }
+        import ray
+
+        if not ray.is_initialized():
+            raise EngineUnavailableError("Ray is not connected")
         try:
-            status = await self.call(execution_id, isolation, "submit", submission)
+            # Stored and admitted here, in the replica: the 202 never waits on a busy host.
+            stored, admitted = await store_submission(store, self.settings, submission)
         except ValueError as exc:
             if "already exists" not in str(exc):
                 raise
@@ -206,8 +214,34 @@ class Backend:
             if replay is None:
                 raise
             return replay, bool(key)
-        log.info("execution %s started: pack %s %s", execution_id, record.pack_id, record.version)
-        return status, False
+        for run in admitted:
+            if run.execution_id == stored.execution_id:
+                stored = run
+        self._hand_over(admitted)
+        log.info("execution %s accepted: pack %s %s", execution_id, record.pack_id, record.version)
+        return status_record(stored, self.settings), False
+
+    def _hand_over(self, admitted: list[ExecutionRecord]) -> None:
+        """Tell the owner host of each admitted run to start it, without waiting for it.
+
+        Fire and forget: a hand-over lost here (host being created, Ray hiccup) leaves the
+        run ``running`` and unclaimed, and a host's supervisor pass hands it over again
+        (``actors.host.UNCLAIMED_AFTER_S``).
+        """
+        if not admitted:
+            return
+
+        async def hand_over() -> None:
+            for run in admitted:
+                try:
+                    handle = await self.host(run.execution_id, run.isolation)
+                    handle.resume.remote(run.execution_id)
+                except Exception:  # noqa: BLE001 - the supervisor hands it over again
+                    log.warning("hand-over of execution %s failed; the supervisor retries", run.execution_id, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(hand_over())
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
 
     async def _replay(self, store: Store, execution_id: str, request: ExecuteRequest) -> dict[str, Any] | None:
         """The existing run of a keyed request, None if there is none yet.
