@@ -54,7 +54,9 @@ if TYPE_CHECKING:
     from persistence.records import ExecutionRecord
     from persistence.store import Store
 
-__all__ = ["LIST_LIMIT_MAX", "PackSource", "WorkflowClient", "coerce_pack", "read_record", "run_sync"]
+__all__ = [
+    "LIST_LIMIT_MAX", "PackSource", "WorkflowClient", "coerce_pack", "local_ray_system_config", "read_record", "run_sync",
+]
 
 T = TypeVar("T")
 #: Largest page :meth:`WorkflowClient.list` returns (as ``GET /v1/workflows/executions``).
@@ -134,6 +136,30 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
 
 #: Seconds to wait for a TCP answer from a Ray address before calling it unreachable.
 RAY_CONNECT_PROBE_S = 5.0
+
+
+def local_ray_system_config(step_task_num_cpus: float, num_cpus: float | None = None) -> dict[str, Any]:
+    """Ray system settings for a local Ray this process starts (``ray.init(_system_config=...)``).
+
+    ``num_workers_soft_limit``: by default Ray keeps at most ``num_cpus`` idle task
+    workers and kills the others after 1 s idle. Step tasks reserve a fraction of a CPU
+    (``CORTX_STEP_TASK_NUM_CPUS``, 0.25), so ``num_cpus / step_task_num_cpus`` of them run
+    at once, and under steady load Ray kept killing and starting worker processes (each
+    start costs about a second of CPU): measured on 2 cores, HTTP execute went from 6 to 22
+    runs a second with the limit raised to fit every concurrent step task. A cluster
+    started with ``ray start`` takes the same setting from the environment variable
+    ``RAY_num_workers_soft_limit`` (``docs/deploy.md``).
+
+    Args:
+        step_task_num_cpus: CPUs one step task reserves (``Settings.step_task_num_cpus``).
+        num_cpus: the CPUs the local Ray will have; default ``os.cpu_count()``.
+
+    Returns:
+        ``{"num_workers_soft_limit": int}``.
+    """
+    cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
+    per_task = max(step_task_num_cpus, 0.125)  # 0 (no reservation): bound it as for 1/8 CPU
+    return {"num_workers_soft_limit": int(max(cpus, cpus / per_task)) + 2}
 
 
 def probe_ray_address(address: str) -> None:
@@ -229,6 +255,7 @@ class WorkflowClient:
             logging_level=logging.WARNING,
             log_to_driver=False,
             configure_logging=True,
+            **({} if address else {"_system_config": local_ray_system_config(self.settings.step_task_num_cpus)}),
         )
 
     def _host(self, execution_id: str, isolation: str) -> Any:

@@ -984,7 +984,10 @@ def main() -> None:
     def start_ray() -> None:
         import logging
 
-        ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING)
+        from actors.driver import local_ray_system_config
+
+        ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
+                 _system_config=local_ray_system_config(settings.step_task_num_cpus))
 
     def save() -> None:
         meta["load_average_now"] = os.getloadavg()

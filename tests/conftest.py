@@ -131,12 +131,16 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session."""
     import ray
 
+    from actors.driver import local_ray_system_config
+    from actors.settings import Settings
+
     if not ray.is_initialized():
         ray.init(
             include_dashboard=False,
             namespace=f"cortx-test-{uuid.uuid4().hex[:6]}",
             log_to_driver=False,
             num_cpus=4,
+            _system_config=local_ray_system_config(Settings.step_task_num_cpus, num_cpus=4),
         )
     yield
     ray.shutdown()

@@ -122,7 +122,7 @@ def test_whole_ray_shutdown_then_resume_unfinished(
 ) -> None:
     import ray
 
-    from actors.driver import WorkflowClient
+    from actors.driver import WorkflowClient, local_ray_system_config
 
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
     runs = []
@@ -133,7 +133,10 @@ def test_whole_ray_shutdown_then_resume_unfinished(
         context = ray.get_runtime_context()
         namespace = context.namespace
         ray.shutdown()  # every host and task is gone; the database keeps the runs
-        ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False, num_cpus=4)
+        ray.init(
+            include_dashboard=False, namespace=namespace, log_to_driver=False, num_cpus=4,
+            _system_config=local_ray_system_config(client.settings.step_task_num_cpus, num_cpus=4),
+        )
         fresh = WorkflowClient(client.settings, client.registry, namespace=client._namespace)
         resumed = fresh.resume_unfinished()
         records = [fresh.wait(execution_id, timeout_s=120) for execution_id in runs]
