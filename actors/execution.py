@@ -32,7 +32,7 @@ from actors.scheduler import RunOutcome, Scheduler, StepRunner
 from actors.settings import Settings
 from dsl.errors import FencedError, WorkflowError
 from dsl.models import Step, WorkflowPack
-from dsl.secrets import with_secret_inputs
+from dsl.secrets import secret_input_names, with_secret_inputs
 from dsl.state import ExecutionStatus, is_terminal
 from persistence.records import ExecutionRecord, StepCheckpoint
 from persistence.store import Store, is_transient_error
@@ -115,6 +115,7 @@ class ExecutionActor:
         self._finished_keys: set[str] = set()
         self.final: dict[str, Any] | None = None
         self._secret_inputs: dict[str, Any] = {}
+        self._has_secret_inputs = True  # until the claimed record's pack says otherwise
         self._masked: list[str] = []  # strings masked as *** in everything this actor records
         #: ``time.monotonic()`` by which the run should end (its timeout); None before it starts.
         self.deadline: float | None = None
@@ -133,13 +134,17 @@ class ExecutionActor:
         self._task = asyncio.current_task()
         execution_id_var.set(self.execution_id)  # every log line of this run carries its id
         record = await self._with_db_retry(lambda: self._store.claim_execution(self.execution_id))
+        pack = WorkflowPack.model_validate(record.pack_document)
+        # Only a pack that declares `secret: true` inputs has rows in the secret store
+        # (actors.host.store_submission); the others skip its read and delete.
+        self._has_secret_inputs = bool(secret_input_names(pack.input_schema()))
         if record.status == ExecutionStatus.QUEUED.value:
             # Not admitted yet (FDD §9.2): the admission pass starts it when a slot frees.
             self._append("execution.queued")
             return status_record(record, self._settings)
         if is_terminal(record.status):
             # Ended, but its secret inputs may have outlived it (a crash right after the end).
-            await self._with_db_retry(lambda: self._store.delete_secret_inputs(self.execution_id))
+            await self._delete_secret_inputs()
             self._append("execution.already_finished", status=record.status)
             self.final = status_record(record, self._settings)
             await self._notify()
@@ -147,12 +152,13 @@ class ExecutionActor:
         self._epoch = record.owner_epoch
         checkpoints = await self._with_db_retry(lambda: self._store.load_checkpoints(self.execution_id))
         # Secret inputs come from the secret store, not the record (which holds "***").
-        self._secret_inputs = await self._with_db_retry(lambda: self._store.load_secret_inputs(self.execution_id))
+        if self._has_secret_inputs:
+            self._secret_inputs = await self._with_db_retry(lambda: self._store.load_secret_inputs(self.execution_id))
         self._masked = masked_strings(self._secret_inputs.values())
         await self._emit("execution.started" if not checkpoints else "execution.resumed", checkpoints=len(checkpoints))
         self._pack_id = record.workflow_pack_id
         metrics.execution_started(record.workflow_pack_id, resumed=bool(checkpoints))
-        self._compensations = compensation_targets(WorkflowPack.model_validate(record.pack_document))
+        self._compensations = compensation_targets(pack)
         if self._cancel_requested:
             # Cancelled while it was being claimed: nothing ran; end it without scheduling.
             return await self._finish(self._cancelled_outcome(record))
@@ -246,13 +252,17 @@ class ExecutionActor:
             record.workflow_pack_id, record.status, None if duration_ms is None else duration_ms / 1000, timed_out=timed_out
         )
         # The run is over: its secret inputs are not needed again (docs/security.md).
-        await self._with_db_retry(lambda: self._store.delete_secret_inputs(self.execution_id))
+        await self._delete_secret_inputs()
         # The last event goes in before ``final`` is set, so a watcher that sees the run
         # done has also seen its last event.
         self._append(f"execution.{record.status}", error=outcome.error)
         self.final = status_record(record, self._settings)
         await self._notify()
         return self.final
+
+    async def _delete_secret_inputs(self) -> None:
+        if self._has_secret_inputs:
+            await self._with_db_retry(lambda: self._store.delete_secret_inputs(self.execution_id))
 
     def _never_ran(self, pack: WorkflowPack) -> list[str]:
         from dsl.models import iter_steps
