@@ -1,7 +1,9 @@
 """Pack validation in stages, every problem of a stage collected (house style §6).
 
-Stages, in order; a stage runs only when the ones before it found no error, because
-later stages need their results:
+Stages; every stage runs and all their problems are reported together, except that
+nothing runs after a syntax or schema error (there is no pack to check), and expressions
+are checked only when ids and dependencies are sound (references are judged against the
+step graph); with duplicate ids, cycles through those ids are not reported:
 
 1. syntax: YAML or JSON (:mod:`dsl.loader`), duplicate keys;
 2. schema: the pydantic models (unknown fields, unknown step types, wrong types);
@@ -27,6 +29,7 @@ Every issue carries a JSON pointer, the YAML line and column, a stable code and 
 
 from __future__ import annotations
 
+import collections
 import copy
 import difflib
 import json
@@ -142,14 +145,18 @@ def validate_document(
     except ValidationError as exc:
         raise PackValidationError(located(_schema_issues(exc, data)), source) from None
 
-    for stage in (_id_issues, _dependency_issues, _expression_issues, secret_reference_issues):
-        issues = located(stage(pack))
-        if any(i.severity == "error" for i in issues):
-            raise PackValidationError(issues, source)
+    counts = collections.Counter(step.id for _, step, _ in all_steps(pack))
+    issues = _id_issues(pack) + _dependency_issues(pack, duplicated={i for i, n in counts.items() if n > 1})
+    if not issues:  # expressions are checked against the step graph, which must be sound
+        issues = _expression_issues(pack)
     issues = located(
-        _service_issues(pack, services) + task_function_issues(all_steps(pack), tasks) + _input_schema_issues(pack)
+        issues
+        + secret_reference_issues(pack)
+        + _service_issues(pack, services)
+        + task_function_issues(all_steps(pack), tasks)
+        + _input_schema_issues(pack)
     )
-    if issues:
+    if any(i.severity == "error" for i in issues):
         raise PackValidationError(issues, source)
     loaded = LoadedPack(pack, tuple(located(_never_run_warnings(pack))), data)
     if key is not None:
@@ -443,7 +450,15 @@ def _blocks(pack: WorkflowPack) -> Iterable[tuple[str, list[Step]]]:
             yield f"{pointer}/on_error/compensate", step.on_error.compensate
 
 
-def _dependency_issues(pack: WorkflowPack) -> list[ValidationIssue]:
+def _dependency_issues(pack: WorkflowPack, duplicated: Collection[str] = ()) -> list[ValidationIssue]:
+    """Unknown, self, non-sibling dependencies and cycles.
+
+    Args:
+        pack: the pack.
+        duplicated: ids defined more than once (reported by :func:`_id_issues`): the graph
+            cannot tell their steps apart, so a cycle through one or a "not a sibling" about
+            one is not reported, only what holds whatever the ids mean.
+    """
     all_ids = {step.id for _, step, _ in all_steps(pack)}
     issues: list[ValidationIssue] = []
     # Graph of "must finish before": each step has a start and an end node; a container's
@@ -473,13 +488,13 @@ def _dependency_issues(pack: WorkflowPack) -> list[ValidationIssue]:
                         )
                     )
                     continue
-                if dep == step.id:
+                if dep == step.id and dep not in duplicated:
                     issues.append(
                         ValidationIssue("dependency_cycle", pointer, f"dependency cycle: step {dep!r} depends on itself ({dep} -> {dep})")
                     )
                     continue
                 edge(f"E:{dep}", f"S:{step.id}")
-                if dep not in siblings:
+                if dep not in siblings and dep not in duplicated:
                     issues.append(
                         ValidationIssue(
                             "dependency_not_sibling",
@@ -489,6 +504,8 @@ def _dependency_issues(pack: WorkflowPack) -> list[ValidationIssue]:
                         )
                     )
     for cycle in _cycles(edges):
+        if any(node[2:] in duplicated for node in cycle):
+            continue
         ids = []
         for node in cycle:
             name = node[2:]

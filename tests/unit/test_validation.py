@@ -43,6 +43,45 @@ def test_every_problem_of_a_stage_is_reported_at_once() -> None:
     assert all(line.startswith("x.yaml:") for line in lines)
 
 
+MANY_PROBLEMS = """\
+id: many
+name: Many
+version: "1.0.0"
+steps:
+  - {id: a, type: service_call, service: validation, endpoint: /v1/x, dependencies: [c]}
+  - {id: a, type: service_call, service: nope, endpoint: /v1/x}
+  - {id: b, type: service_call, service: validation, endpoint: /v1/x, dependencies: [c, ghost]}
+  - id: c
+    type: service_call
+    service: validation
+    endpoint: /v1/x
+    dependencies: [b]
+    inputs: {x: "${ secrets.bad-name }"}
+"""
+
+
+def test_problems_of_different_stages_are_reported_together() -> None:
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(MANY_PROBLEMS, "many.yaml", services={"validation"})
+    found = {(i.code, i.pointer) for i in caught.value.issues}
+    assert found >= {
+        ("duplicate_id", "/steps/1/id"),
+        ("unknown_dependency", "/steps/2/dependencies/1"),
+        ("dependency_cycle", "/steps/2/dependencies"),
+        ("invalid_secret_name", "/steps/3/inputs/x"),
+        ("unknown_service", "/steps/1/service"),
+    }, found
+
+
+def test_no_cycle_is_reported_through_a_duplicated_id() -> None:
+    # The graph cannot tell the two 'a' apart: "a -> a" would be an artefact of the duplicate.
+    text = MANY_PROBLEMS.replace("dependencies: [c]}", "dependencies: []}").replace("service: nope", "service: validation, dependencies: [a]")
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(text, "many.yaml", services={"validation"})
+    cycles = [i.message for i in caught.value.issues if i.code == "dependency_cycle"]
+    assert cycles == ["dependency cycle: b -> c -> b"], cycles
+
+
 def test_cycle_message_names_the_path() -> None:
     with pytest.raises(PackValidationError) as caught:
         load_pack((CASES / "two-cycle.yaml").read_text())
