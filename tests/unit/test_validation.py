@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsl.errors import PackLoadError, PackValidationError
+from dsl.errors import InputValidationError, PackLoadError, PackValidationError
 from dsl.validation import load_pack, validate_document, validate_inputs
 
 CASES = Path(__file__).parent / "invalid_packs"
@@ -410,3 +410,44 @@ def test_a_pattern_nested_beyond_recursion_is_an_issue_not_a_crash() -> None:
         validate_document(_schema_pack({"type": "object", "properties": {"x": {"type": "string", "pattern": deep}}}))
     assert caught.value.issues[0].code in {"bad_input_schema", "unsupported_pattern"}
     assert caught.value.issues[0].pointer.startswith("/inputs")
+
+
+UNIQUE_PACK = {
+    "id": "u", "name": "U", "version": "1",
+    "inputs": {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}},
+    "steps": [{"id": "a", "type": "service_call", "service": "s", "endpoint": "/x"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("items", "unique"),
+    [
+        ([1, 1.0], False),  # JSON equality: numbers by value
+        ([True, 1], True),  # ... but true is not 1
+        ([0, False], True),
+        ([None, None], False),
+        ([{"a": 1, "b": 2}, {"b": 2, "a": 1}], False),  # objects: key order does not matter
+        ([{"a": [1, 2]}, {"a": [2, 1]}], True),  # arrays: order matters
+        ([[1], [1.0]], False),
+        (["1", 1], True),
+    ],
+)
+def test_unique_items_follows_json_equality(items: list, unique: bool) -> None:
+    pack = validate_document(UNIQUE_PACK).pack
+    if unique:
+        assert validate_inputs(pack, {"xs": items}) == {"xs": items}
+    else:
+        with pytest.raises(InputValidationError) as caught:
+            validate_inputs(pack, {"xs": items})
+        assert caught.value.issues[0].pointer == "/xs"
+
+
+def test_unique_items_on_thousands_of_objects_finds_the_one_duplicate() -> None:
+    # jsonschema's own check compares unhashable items pairwise (quadratic); ours hashes them.
+    pack = validate_document(UNIQUE_PACK).pack
+    items = [{"n": i, "tags": [i, str(i)]} for i in range(5_000)]
+    assert validate_inputs(pack, {"xs": items})["xs"] == items
+    with pytest.raises(InputValidationError) as caught:
+        validate_inputs(pack, {"xs": [*items, {"tags": [7, "7"], "n": 7.0}]})
+    (issue,) = caught.value.issues
+    assert issue.pointer == "/xs" and "non-unique" in issue.message and len(issue.message) < 300
