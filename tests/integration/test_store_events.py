@@ -24,6 +24,24 @@ def _kinds(events: list) -> list[tuple]:
     return [(e.seq, e.type, e.step_key, e.attempt) for e in events]
 
 
+def test_several_events_of_one_write_get_consecutive_seqs_in_their_order(store_url: str) -> None:
+    async def body(store) -> None:
+        run = await new_run(store, status="running")
+        owned = await store.claim_execution(run.execution_id)  # seq 1
+        many = [NewEvent("step.started", "a", 1), NewEvent("custom.one", "a", 1, {"i": 1}),
+                NewEvent("custom.two", "a", 1, {"i": 2}), NewEvent("step.completed", "a", 1)]
+        assert await store.write_checkpoint(checkpoint(run.execution_id), owner_epoch=owned.owner_epoch,
+                                            completed_step="a", events=many)
+        await store.append_events(run.execution_id, owner_epoch=owned.owner_epoch,
+                                  events=[NewEvent("custom.three", None, None), NewEvent("custom.four", None, None)])
+        assert [(e.seq, e.type) for e in await store.load_events(run.execution_id)] == [
+            (1, "execution.started"), (2, "step.started"), (3, "custom.one"), (4, "custom.two"),
+            (5, "step.completed"), (6, "custom.three"), (7, "custom.four"),
+        ]
+
+    with_store(store_url, body)
+
+
 def test_lifecycle_events_are_written_with_their_state_change(store_url: str) -> None:
     async def body(store) -> None:
         run = await new_run(store, status="running")
