@@ -28,8 +28,7 @@ event.
 *after* the fenced ``UPDATE`` of the run's ``executions`` row, which holds that row's lock
 until commit (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` holds the database's), so
 ``seq = max(seq) + 1`` read inside the ``INSERT`` cannot race with another writer of the
-same run. The hot path gains exactly one ``INSERT`` per transaction (all its events in
-one multi-row statement), no extra transaction.
+same run. The hot path gains exactly one ``INSERT`` per event, no extra transaction.
 
 Delivery cursors (``event_deliveries``): per subscription and run, the last ``seq``
 acknowledged by the receiver, and the retry state of the next one. The delivery loop
@@ -240,28 +239,26 @@ async def insert_events_in_transaction(
     transaction: that row lock is what makes ``max(seq) + 1`` safe (module docstring).
     ``events`` must have passed :func:`check_events`.
     """
-    if not events:
-        return []
+    seqs: list[int] = []
     t = EXECUTION_EVENTS
     at = as_utc(now or utc_now())
-    # One statement for all the events: row k gets max(seq) + k, the subquery read inside
-    # the INSERT under the run's row lock (module docstring), so still gap-free.
-    rows = [
-        {
-            "execution_id": execution_id,
-            "seq": (
-                select(func.coalesce(func.max(t.c.seq), 0) + offset).where(t.c.execution_id == execution_id)
-            ).scalar_subquery(),
-            "type": event.type,
-            "step_key": event.step_key,
-            "attempt": event.attempt,
-            "payload": bindparam(None, event.payload, type_=json_type()),
-            "created_at": bindparam(None, at, type_=t.c.created_at.type),
-        }
-        for offset, event in enumerate(events, start=1)
-    ]
-    result = await conn.execute(t.insert().values(rows).returning(t.c.seq))
-    return sorted(int(seq) for seq in result.scalars())
+    for event in events:
+        next_seq = select(func.coalesce(func.max(t.c.seq), 0) + 1).where(t.c.execution_id == execution_id)
+        stmt = (
+            t.insert()
+            .values(
+                execution_id=execution_id,
+                seq=next_seq.scalar_subquery(),
+                type=event.type,
+                step_key=event.step_key,
+                attempt=event.attempt,
+                payload=bindparam(None, event.payload, type_=json_type()),
+                created_at=bindparam(None, at, type_=t.c.created_at.type),
+            )
+            .returning(t.c.seq)
+        )
+        seqs.append(int((await conn.execute(stmt)).scalar_one()))
+    return seqs
 
 
 def _event_from_row(row: Any) -> StoredEvent:
