@@ -8,11 +8,14 @@ Commands::
     cortx-workflow schema
     cortx-workflow graph PACK
     cortx-workflow recover
-    cortx-workflow demo-services [--port PORT] [--latency-ms MS] [--fail PATH=N[:STATUS]]
+    cortx-workflow demo-services [--port PORT] [--latency-ms MS] [--fail FAULT]...
     cortx-workflow serve [--host 127.0.0.1] [--port 8000] [--address RAY_ADDRESS] [--services FILE]
 
 ``serve`` runs the HTTP API (docs/api.md) on Ray Serve until Ctrl-C; API keys come from
 ``CORTX_API_KEYS``, and without keys it binds only a loopback address.
+
+``demo-services`` takes ``--fault`` as another spelling of ``--fail``; FAULT is
+``PATH=N[:STATUS][:delay=MS][:retry_after=S][:hang]`` (see ``cortx-workflow demo-services -h``).
 
 ``DATABASE_URL`` selects the database for all of them (a SQLite file in the working folder
 by default). The service registry is ``--services``, else ``CORTX_SERVICE_REGISTRY``, else a
@@ -79,7 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8700, help="port on 127.0.0.1 (default 8700)")
     demo.add_argument("--latency-ms", type=int, default=0, help="delay every business call by this many ms")
     demo.add_argument(
-        "--fail", action="append", default=[], metavar="PATH=N[:STATUS]", help="fail the first N calls to PATH"
+        "--fail",
+        "--fault",
+        dest="fail",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help=(
+            "inject a fault; repeatable; --fault is the same option. "
+            "FAULT is PATH=N[:STATUS][:delay=MS][:retry_after=S][:hang] (options after STATUS in any order): "
+            "the first N calls to PATH answer STATUS (default 503); delay=MS makes every call to PATH "
+            "wait MS ms more; retry_after=S adds 'Retry-After: S' to the failures; hang makes calls to "
+            "PATH never answer. E.g. /validation/v1/income=2:503, /validation/v1/item=0:200:delay=1000"
+        ),
     )
 
     serve = sub.add_parser("serve", help="serve the HTTP API on Ray Serve until Ctrl-C")

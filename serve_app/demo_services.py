@@ -726,6 +726,9 @@ def _accepts(port: int) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m serve_app.demo_services [--host H] [--port P] [--latency-ms MS] [--fault F]...``.
 
+    ``--fail`` is accepted as another spelling of ``--fault`` (the spelling of ``cortx-workflow
+    demo-services``); F is parsed by :func:`parse_fault`.
+
     Returns:
         The process exit code (2 for invalid arguments).
     """
@@ -733,7 +736,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
     parser.add_argument("--latency-ms", type=int, default=0)
-    parser.add_argument("--fault", action="append", default=[], help="PATH=FAIL_FIRST[:STATUS][:delay=MS][:retry_after=S][:hang]; repeatable")
+    parser.add_argument(
+        "--fault",
+        "--fail",
+        dest="fault",
+        action="append",
+        default=[],
+        metavar="FAULT",
+        help=(
+            "inject a fault; repeatable; --fail is the same option. "
+            "FAULT is PATH=FAIL_FIRST[:STATUS][:delay=MS][:retry_after=S][:hang] (options after STATUS "
+            "in any order): the first FAIL_FIRST calls to PATH answer STATUS (default 503); delay=MS "
+            "makes every call to PATH wait MS ms more; retry_after=S adds 'Retry-After: S' to the "
+            "failures; hang makes calls to PATH never answer. "
+            "E.g. /validation/v1/income=2:503, /ledger/v1/entries=0:200:delay=500"
+        ),
+    )
     args = parser.parse_args(argv)
     try:
         faults = [parse_fault(text) for text in args.fault]

@@ -381,3 +381,44 @@ def test_command_line_rejects_bad_fault() -> None:
         cwd=root, capture_output=True, text=True, timeout=30,
     )
     assert done.returncode == 2 and "fault" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["-m", "serve_app.demo_services", "--fail"],  # the CLI's spelling on the module
+        ["-m", "serve_app.cli", "demo-services", "--fault"],  # the module's spelling on the CLI
+    ],
+    ids=["module --fail", "cli --fault"],
+)
+def test_command_lines_accept_both_fault_spellings(spelling: list[str]) -> None:
+    import socket
+    import subprocess
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as probe:  # the CLI takes no port 0: pick a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = "/echo/x=1:500:retry_after=2"
+    *head, option = spelling
+    proc = subprocess.Popen(
+        [sys.executable, *head, "--port", str(port), option, text],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line == f"demo services listening on http://127.0.0.1:{port}", proc.stderr.read() if not line else line
+        url = line.rsplit(" ", 1)[1]
+        assert httpx.get(url + "/_demo/faults", timeout=5).json() == [asdict(parse_fault(text)) | {"calls": 0}]
+        failed = httpx.get(url + "/echo/x", timeout=5)
+        assert failed.status_code == 500 and failed.headers["retry-after"] == "2"
+        assert httpx.get(url + "/echo/x", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
