@@ -49,6 +49,11 @@ ADMISSION_POLL_S = 1.0
 #: A run admitted this many s ago that no host has claimed is handed over again.
 UNCLAIMED_AFTER_S = 5.0
 
+#: A dedicated host exits this many s after its run ended (``wait`` may still ask it).
+DEDICATED_EXIT_AFTER_S = 30.0
+#: ... and this many s after its run was cancelled while queued (never started: nothing to wait on).
+QUEUED_CANCEL_EXIT_AFTER_S = 1.0
+
 #: Final records kept in memory per host for ``wait`` after a run ended.
 FINISHED_KEPT = 10_000
 
@@ -372,7 +377,7 @@ class ExecutionHost:
             if actor.final is not None:  # a slot is free: let the oldest queued run in
                 asyncio.get_running_loop().create_task(self._admit_quietly())
             if self._dedicated:
-                asyncio.get_running_loop().call_later(30.0, _exit_actor)
+                asyncio.get_running_loop().call_later(DEDICATED_EXIT_AFTER_S, _exit_actor)
 
     async def _admit_quietly(self) -> None:
         try:
@@ -439,6 +444,8 @@ class ExecutionHost:
             # Still queued: it ends cancelled without ever starting.
             cancelled = await (await self._get_store()).cancel_queued(execution_id)
             if cancelled is not None:
+                if self._dedicated:  # its one run ended before it started: nothing left to host
+                    asyncio.get_running_loop().call_later(QUEUED_CANCEL_EXIT_AFTER_S, _exit_actor)
                 return status_record(cancelled, self._settings)
         if actor is not None and actor.cancel() and task is not None:
             await asyncio.wait({task}, timeout=30)

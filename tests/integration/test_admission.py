@@ -166,3 +166,36 @@ def test_two_deployments_sharing_a_database_keep_one_limit(
     calls = demo_services.calls()["by_idempotency_key"]
     for execution_id in ids:
         assert calls.get(f"{execution_id}/slow") == 1, (execution_id, calls.get(f"{execution_id}/slow"))
+
+
+def test_the_dedicated_host_of_a_run_cancelled_while_queued_exits(
+    fresh_database_url: str, demo_services: Any, make_client: Any
+) -> None:
+    import ray
+
+    from actors.host import dedicated_host_name
+    from serve_app.demo_services import Fault
+
+    path = f"/v1/slow-{uuid.uuid4().hex[:8]}"
+    client = make_client(fresh_database_url, demo_registry(demo_services.url), max_concurrent_executions=1)
+    demo_services.set_faults([Fault(path=f"/echo{path}", delay_ms=1500)])
+    try:
+        first = client.start(slow_pack(path))
+        waiting = client.start(slow_pack(path), options={"isolation": "dedicated"})
+        assert client.status(waiting)["status"] == "queued"
+        host = dedicated_host_name(waiting)
+        ray.get_actor(host, namespace=client.namespace)  # its host exists, holding nothing
+        assert client.cancel(waiting)["status"] == "cancelled"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(host, namespace=client.namespace)
+            except ValueError:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{host} still alive 30 s after its queued run was cancelled")
+        assert client.wait(first, timeout_s=60)["status"] == "completed"
+    finally:
+        demo_services.set_faults([])
+    assert client.status(waiting)["status"] == "cancelled"
