@@ -190,6 +190,18 @@ def resolve_function(function: str, modules: tuple[str, ...]) -> Callable[..., A
         return _failure(
             "task_import", f"module {ref.module!r} has no function {ref.name!r}", retryable=False, function=function
         )
+    defined_there = getattr(target, "__module__", None) == module.__name__
+    if not defined_there and ref.name not in getattr(module, "__all__", ()):
+        # An allowed module's imports (`from subprocess import run`) are not its functions.
+        return _failure(
+            "task_refused",
+            f"refused {function!r}: {ref.name!r} is defined in {getattr(target, '__module__', '?')!r}, "
+            f"not in {ref.module!r}; only functions defined in an allowed module, or listed in its "
+            "__all__, may run",
+            retryable=False,
+            function=function,
+            rule="not_defined_in_module",
+        )
     return target  # type: ignore[no-any-return]
 
 

@@ -180,6 +180,16 @@ def test_perform_task_refuses_before_importing_and_records_exceptions_as_data() 
     assert perform_task("score", {"v": (1, 2)}, modules=(), fn=lambda v: v)["value"] == [1, 2]  # via JSON
 
 
+def test_perform_task_refuses_a_name_an_allowed_module_only_imported() -> None:
+    # tests.task_functions does `from pathlib import Path`: Path is callable there, but it is
+    # pathlib's, not one of the module's functions (subprocess.run would be the same case).
+    refused = perform_task("tests.task_functions:Path", {"args": "/"}, modules=("tests.task_functions",))
+    assert refused["ok"] is False and refused["error"]["kind"] == "task_refused"
+    assert refused["error"]["rule"] == "not_defined_in_module" and "pathlib" in refused["error"]["message"]
+    defined_there = perform_task("tests.task_functions:always_fails", {"item": "y"}, modules=("tests.task_functions",))
+    assert defined_there["error"]["kind"] == "task_error"  # its own function still runs
+
+
 def _run(document: dict[str, Any], inputs: dict[str, Any], runner: ThreadStepRunner) -> tuple[dict[str, Any], list[Any]]:
     async def go() -> tuple[dict[str, Any], list[Any]]:
         store = MemoryStore()
