@@ -28,6 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from dsl.http_spec import RESERVED_HEADERS
+
 __all__ = ["BODY_EXCERPT_CHARS", "RETRYABLE_STATUSES", "call_http", "close_client"]
 
 BODY_EXCERPT_CHARS = 500
@@ -202,6 +204,8 @@ def _build_headers(headers: Mapping[str, str] | None, idempotency_key: str | Non
     for name, value in items:
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             raise _Invalid(f"header name {str(name)[:40]!r} is not a valid HTTP token")
+        if name.lower() in RESERVED_HEADERS:
+            raise _Invalid(f"header {name} is set by the HTTP client, not by a step")
         if not isinstance(value, str):
             raise _Invalid(f"header {name} must have a string value, not {type(value).__name__}")
         if not value.isascii() or any(c in value for c in "\r\n\0"):

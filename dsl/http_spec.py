@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_EXPECTED_STATUS",
     "HTTP_METHODS",
     "METHODS_WITHOUT_BODY",
+    "RESERVED_HEADERS",
     "parse_status_spec",
     "status_matches",
     "url_form_problem",
@@ -36,6 +37,14 @@ HTTP_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"
 
 METHODS_WITHOUT_BODY: frozenset[str] = frozenset({"GET", "HEAD"})
 """Methods that send no request body (as in ``actors.http_call``)."""
+
+RESERVED_HEADERS: frozenset[str] = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+    "te", "trailer", "upgrade",
+})
+"""Request headers (lower-case) a pack may not set: the transport's own (RFC 9110 §7.2,
+§7.6.1, RFC 9112 §6). ``Host`` above all: behind an allowed address it would reach another
+virtual host than the one the egress allowlist checked."""
 
 DEFAULT_EXPECTED_STATUS: tuple[str, ...] = ("2xx",)
 """Statuses that count as success when a step sets no ``expected_status``."""

@@ -249,6 +249,8 @@ class HttpStep(_StepBase):
         for name in value:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP token")
+            if name.lower() in http_spec.RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by the HTTP client, not by a pack")
         return value
 
     @model_validator(mode="after")

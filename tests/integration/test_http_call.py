@@ -247,6 +247,9 @@ def test_server_dropping_the_connection_is_a_connection_failure(raw: _RawServer)
         ({"method": "POST", "url": "http://127.0.0.1:1/x", "json_body": {"x": float("nan")}}, "ValueError"),
         ({"method": "POST", "url": "http://127.0.0.1:1/x", "json_body": {"x": object()}}, "TypeError"),
         ({"method": "GET", "url": "http://127.0.0.1:1/x", "timeout_seconds": 0}, "timeout_seconds"),
+        # The transport's own headers: Host would pick another virtual host behind an allowed address.
+        ({"method": "GET", "url": "http://127.0.0.1:1/x", "headers": {"Host": "internal.example"}}, "header Host"),
+        ({"method": "GET", "url": "http://127.0.0.1:1/x", "headers": {"transfer-encoding": "chunked"}}, "transfer-encoding"),
     ],
 )
 def test_invalid_requests_are_not_retryable(kwargs: dict, fragment: str) -> None:

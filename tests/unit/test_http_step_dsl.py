@@ -82,6 +82,14 @@ def test_validation_points_at_the_field() -> None:
     assert ("invalid_value", "/steps/1/timeout_seconds") in pointers
 
 
+@pytest.mark.parametrize("name", ["Host", "content-length", "Transfer-Encoding", "connection"])
+def test_transport_headers_are_refused_at_their_pointer(name: str) -> None:
+    with pytest.raises(PackValidationError) as caught:
+        validate_document(pack(http(headers={name: "x", "X-Ok": "1"})))
+    (issue,) = caught.value.issues
+    assert issue.pointer.startswith("/steps/0/headers") and "set by the HTTP client" in issue.message
+
+
 def test_schema_export_and_graph_include_the_http_step() -> None:
     schema = pack_json_schema()
     validator = jsonschema.Draft202012Validator(schema)
