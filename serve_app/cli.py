@@ -279,7 +279,9 @@ def _run(args: argparse.Namespace) -> int:
 
     import ray
 
-    # SIGTERM ends the command like Ctrl-C: with a message, not a dump.
+    # SIGTERM ends the command like Ctrl-C: with a message, not a dump. Set after Ray is
+    # joined: a local Ray's start installs its own SIGTERM handler (stop Ray, exit 1).
+    client.connect()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     execution_id = None
     try:
@@ -300,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
                 "checkpoints (with the same DATABASE_URL)",
                 file=sys.stderr,
             )
+            return 130
         raise
     finally:
         ray.shutdown()

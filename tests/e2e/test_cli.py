@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,44 @@ async def _status_of(url: str, execution_id: str) -> str:
         return (await store.get_execution(execution_id)).status
     finally:
         await store.close()
+
+
+def test_sigterm_to_run_leaves_the_run_resumable_with_one_message(tmp_path: Path) -> None:
+    """SIGTERM (a container stop) ends `run` as Ctrl-C does: exit 130, one line saying how to
+    resume, no traceback; the run stays `running` in the database for `recover`."""
+    from serve_app.demo_services import Fault, start_in_thread
+
+    demo = start_in_thread()
+    demo.set_faults([Fault(path="/validation/v1/identity", delay_ms=30_000)])
+    registry = tmp_path / "services.yaml"
+    services = {name: {"base_url": f"{demo.url}/{name}"} for name in ("validation", "compliance", "ledger")}
+    registry.write_text(yaml.safe_dump({"services": services}))
+    db = f"sqlite+aiosqlite:///{tmp_path / 'term.db'}"
+    env = {**os.environ, "DATABASE_URL": db, "CORTX_SERVICE_REGISTRY": str(registry)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "run", str(EXAMPLES / "sequential.yaml"),
+         "--inputs", str(EXAMPLES / "sequential.inputs.json")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = proc.stdout.readline()  # "execution <id> started (...)"
+        assert "started" in started, started
+        execution_id = started.split()[1]
+        step = proc.stdout.readline()  # "  -> step1 started": its call now waits 30 s upstream
+        assert "step1 started" in step, step
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        demo.stop()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if "Token authentication" not in line]
+    assert lines == [line for line in lines if "Traceback" not in line] and len(lines) == 1, err
+    assert f"execution {execution_id} is left unfinished" in lines[0] and "cortx-workflow recover" in lines[0]
+    status = subprocess.run([sys.executable, "-m", "serve_app.cli", "status", execution_id, "--json"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["status"] == "running"
