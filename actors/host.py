@@ -46,16 +46,20 @@ log = logging.getLogger("cortx.host")
 
 #: Seconds between a host's admission passes (queued runs let in, unclaimed ones handed over).
 ADMISSION_POLL_S = 1.0
-#: A run admitted this many s ago that no host has claimed is handed over again.
+#: A run admitted this many s ago that no host has claimed is handed over again by its owner.
 UNCLAIMED_AFTER_S = 5.0
+#: ... and after this many s by every shared host (its owner host may be gone).
+ORPHANED_AFTER_S = 2 * UNCLAIMED_AFTER_S
 
 #: A dedicated host exits this many s after its run ended (``wait`` may still ask it).
 DEDICATED_EXIT_AFTER_S = 30.0
 #: ... and this many s after its run was cancelled while queued (never started: nothing to wait on).
 QUEUED_CANCEL_EXIT_AFTER_S = 1.0
 
-#: Final records kept in memory per host for ``wait`` after a run ended.
-FINISHED_KEPT = 10_000
+#: Finished runs kept in memory per host for ``wait`` and live events after a run ended
+#: (older ones are read from the database). Each holds its run's journal: a shared host grew
+#: about 50 MB per 340 finished runs, so 10,000 would cost about 1.5 GB.
+FINISHED_KEPT = 1_000
 
 
 def shared_host_name(index: int) -> str:
@@ -212,6 +216,8 @@ class ExecutionHost:
             if execution_id not in self._runs:
                 self._start(execution_id)
         log.info("host %s restarted; resumed %d run(s)", self._name, len(mine))
+        if self._dedicated and not mine:  # its run ended (or never started) before the restart
+            asyncio.get_running_loop().call_later(QUEUED_CANCEL_EXIT_AFTER_S, _exit_actor)
         return mine
 
     def _owns(self, execution_id: str, isolation: str) -> bool:
@@ -228,7 +234,10 @@ class ExecutionHost:
     async def _get_store(self) -> Store:
         async with self._store_lock:
             if self._store is None:
-                self._store = await open_store(self._settings.store_url, pool_size=self._settings.db_pool_size)
+                # A dedicated host holds one run: two connections are plenty, and a hundred
+                # dedicated runs must not take a hundred full pools of the database's slots.
+                pool = min(2, self._settings.db_pool_size) if self._dedicated else self._settings.db_pool_size
+                self._store = await open_store(self._settings.store_url, pool_size=pool)
                 if not self._dedicated:
                     self._ensure_supervisor()
                     self._ensure_delivery()
@@ -294,10 +303,16 @@ class ExecutionHost:
             try:
                 store = await self._get_store()
                 await self._admit()
-                for execution_id, isolation in await store.unclaimed_running(UNCLAIMED_AFTER_S):
-                    # Shared host 0 also speaks for dedicated runs, whose hosts may not exist.
-                    speaks_for = self._owns(execution_id, isolation) or (
-                        isolation == "dedicated" and self._name == shared_host_name(0)
+                unclaimed = await store.unclaimed_running(UNCLAIMED_AFTER_S)
+                orphaned = {eid for eid, _ in await store.unclaimed_running(ORPHANED_AFTER_S)} if unclaimed else set()
+                for execution_id, isolation in unclaimed:
+                    # Its owner first; shared host 0 also for dedicated runs, whose hosts may not
+                    # exist; and any shared host once the owner has let it wait twice as long
+                    # (the owner host is gone: the hand-over creates it again).
+                    speaks_for = (
+                        self._owns(execution_id, isolation)
+                        or (isolation == "dedicated" and self._name == shared_host_name(0))
+                        or execution_id in orphaned
                     )
                     if speaks_for:
                         self._hand_over(execution_id, isolation)

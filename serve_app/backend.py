@@ -222,11 +222,11 @@ class Backend:
         return status_record(stored, self.settings), False
 
     def _hand_over(self, admitted: list[ExecutionRecord]) -> None:
-        """Tell the owner host of each admitted run to start it, without waiting for it.
+        """Tell the owner host of each admitted run to start it; the 202 does not wait for it.
 
-        Fire and forget: a hand-over lost here (host being created, Ray hiccup) leaves the
-        run ``running`` and unclaimed, and a host's supervisor pass hands it over again
-        (``actors.host.UNCLAIMED_AFTER_S``).
+        In a background task, through :meth:`call` (a dead host is created again). A
+        hand-over lost even so leaves the run ``running`` and unclaimed, and a supervisor
+        pass of any shared host hands it over again (``actors.host.UNCLAIMED_AFTER_S``).
         """
         if not admitted:
             return
@@ -234,8 +234,9 @@ class Backend:
         async def hand_over() -> None:
             for run in admitted:
                 try:
-                    handle = await self.host(run.execution_id, run.isolation)
-                    handle.resume.remote(run.execution_id)
+                    # call(): a cached handle of a host that died is looked up (and the host
+                    # created) again, as every other call to a host does.
+                    await self.call(run.execution_id, run.isolation, "resume", run.execution_id)
                 except Exception:  # noqa: BLE001 - the supervisor hands it over again
                     log.warning("hand-over of execution %s failed; the supervisor retries", run.execution_id, exc_info=True)
 

@@ -199,3 +199,39 @@ def test_the_dedicated_host_of_a_run_cancelled_while_queued_exits(
     finally:
         demo_services.set_faults([])
     assert client.status(waiting)["status"] == "cancelled"
+
+
+def test_an_admitted_run_whose_owner_host_is_gone_is_started_by_another_host(
+    fresh_database_url: str, demo_services: Any, make_client: Any
+) -> None:
+    """A run admitted (by the HTTP API, say) whose hand-over never reached its owner host,
+    because that host was killed for good: the other shared host's supervisor hands it over
+    once it has waited ``ORPHANED_AFTER_S``, which creates the owner host again."""
+    import zlib
+
+    import ray
+
+    from actors.host import ORPHANED_AFTER_S, shared_host_name, store_submission
+    from tests.conftest import with_store
+
+    client = make_client(fresh_database_url, demo_registry(demo_services.url), execution_hosts=2)
+    pack = slow_pack("/v1/orphan")
+    warm = [client.start(pack) for _ in range(6)]  # both hosts exist and supervise
+    assert all(client.wait(eid, timeout_s=60)["status"] == "completed" for eid in warm)
+    execution_id = next(e for e in (str(uuid.uuid4()) for _ in range(100)) if zlib.crc32(e.encode()) % 2 == 0)
+    ray.kill(ray.get_actor(shared_host_name(0), namespace=client.namespace), no_restart=True)
+
+    async def submit(store: Any) -> Any:
+        return await store_submission(store, client.settings, {"pack": pack, "inputs": {}, "execution_id": execution_id})
+
+    record, admitted = with_store(fresh_database_url, submit)  # stored and admitted; no hand-over
+    assert [r.execution_id for r in admitted] == [execution_id]
+
+    async def status(store: Any) -> str:
+        return (await store.get_execution(execution_id)).status
+
+    deadline = time.monotonic() + ORPHANED_AFTER_S + 30
+    while time.monotonic() < deadline and with_store(fresh_database_url, status) != "completed":
+        time.sleep(0.5)
+    assert with_store(fresh_database_url, status) == "completed"
+    ray.get_actor(shared_host_name(0), namespace=client.namespace)  # created again by the hand-over
