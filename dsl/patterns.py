@@ -16,6 +16,7 @@ in a schema that also uses ``patternProperties`` (jsonschema would match those k
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -95,19 +96,25 @@ def _additional_properties(validator: Any, additional: Any, instance: Any, schem
             yield ValidationError(f"Additional properties are not allowed ({listed} unexpected)")
 
 
-def _json_key(value: Any) -> Any:
-    """A hashable key equal for JSON-equal values (1 == 1.0, true != 1, objects unordered)."""
-    if isinstance(value, bool) or value is None:
-        return ("c", value)
-    if isinstance(value, (int, float)):
-        return ("n", int(value) if isinstance(value, float) and value.is_integer() else value)
-    if isinstance(value, str):
-        return ("s", value)
+def _canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints (1.0 -> 1, -0.0 -> 0), for JSON equality."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, list):
-        return ("a", tuple(_json_key(item) for item in value))
+        return [_canonical(item) for item in value]
     if isinstance(value, dict):
-        return ("o", frozenset((key, _json_key(item)) for key, item in value.items()))
-    return ("r", repr(value))
+        return {key: _canonical(item) for key, item in value.items()}
+    return value
+
+
+def _json_key(value: Any) -> str:
+    """A key equal for JSON-equal values (1 == 1.0, true != 1, object keys unordered).
+
+    A string, not a tuple of the values: str hashes are randomised per process, int hashes
+    are not (``n`` and ``n + 2**61 - 1`` collide), so a body of colliding integers cannot
+    make the set quadratic.
+    """
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
 
 
 def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:

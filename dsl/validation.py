@@ -503,9 +503,9 @@ def _dependency_issues(pack: WorkflowPack, duplicated: Collection[str] = ()) -> 
                             "a step may depend only on its siblings",
                         )
                     )
+    if duplicated:  # cycles are looked for among the steps the ids name unambiguously
+        edges = {a: {b for b in bs if b[2:] not in duplicated} for a, bs in edges.items() if a[2:] not in duplicated}
     for cycle in _cycles(edges):
-        if any(node[2:] in duplicated for node in cycle):
-            continue
         ids = []
         for node in cycle:
             name = node[2:]

@@ -82,6 +82,29 @@ def test_no_cycle_is_reported_through_a_duplicated_id() -> None:
     assert cycles == ["dependency cycle: b -> c -> b"], cycles
 
 
+def test_a_cycle_is_found_even_when_a_cycle_through_a_duplicated_id_is_met_first() -> None:
+    # Found by fuzzing: the search met s0 -> s0 (two steps named s0) first and never looked
+    # at s4 and s5 again.
+    text = """\
+id: masked
+name: masked
+version: "1.0.0"
+steps:
+  - {id: s2, type: service_call, service: ledger, endpoint: /v1/entries}
+  - {id: s0, type: service_call, service: ledger, endpoint: /v1/entries, dependencies: [s0, s4]}
+  - {id: s4, type: service_call, service: ledger, endpoint: /v1/entries, dependencies: [s5, s2]}
+  - {id: s0, type: service_call, service: ledger, endpoint: /v1/entries}
+  - {id: s5, type: service_call, service: ledger, endpoint: /v1/entries, dependencies: [s4, s3]}
+  - {id: s3, type: service_call, service: ledger, endpoint: /v1/entries, dependencies: [s0]}
+  - {id: s2, type: service_call, service: ledger, endpoint: /v1/entries, dependencies: [s5]}
+"""
+    with pytest.raises(PackValidationError) as caught:
+        load_pack(text, "masked.yaml", services={"ledger"})
+    cycles = [i.message for i in caught.value.issues if i.code == "dependency_cycle"]
+    assert len(cycles) == 1 and re.search(r"cycle: (s4 -> s5 -> s4|s5 -> s4 -> s5)$", cycles[0]), cycles
+    assert sorted(i.pointer for i in caught.value.issues if i.code == "duplicate_id") == ["/steps/3/id", "/steps/6/id"]
+
+
 def test_cycle_message_names_the_path() -> None:
     with pytest.raises(PackValidationError) as caught:
         load_pack((CASES / "two-cycle.yaml").read_text())
@@ -451,3 +474,16 @@ def test_unique_items_on_thousands_of_objects_finds_the_one_duplicate() -> None:
         validate_inputs(pack, {"xs": [*items, {"tags": [7, "7"], "n": 7.0}]})
     (issue,) = caught.value.issues
     assert issue.pointer == "/xs" and "non-unique" in issue.message and len(issue.message) < 300
+
+
+def test_unique_items_keys_are_not_python_int_hashes() -> None:
+    # n and n + (2**61 - 1) have the same Python hash: keyed by the ints themselves, a body of
+    # them made the set quadratic (20,000 took 10 s). Keys are strings, whose hashes are
+    # randomised per process.
+    pack = validate_document(UNIQUE_PACK).pack
+    colliding = [1 + k * (2**61 - 1) for k in range(20_000)]
+    assert hash(colliding[0]) == hash(colliding[1])
+    assert validate_inputs(pack, {"xs": colliding})["xs"] == colliding
+    with pytest.raises(InputValidationError):
+        validate_inputs(pack, {"xs": [*colliding, float(colliding[0])]})
+    assert validate_inputs(pack, {"xs": [2**53 + 1, 2.0**53]})  # distinct as JSON numbers
