@@ -201,6 +201,7 @@ def test_the_dedicated_host_of_a_run_cancelled_while_queued_exits(
     assert client.status(waiting)["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("fresh_database_url", ["sqlite"], indirect=True)  # the hand-over is the same on both
 def test_an_admitted_run_whose_owner_host_is_gone_is_started_by_another_host(
     fresh_database_url: str, demo_services: Any, make_client: Any
 ) -> None:
@@ -211,14 +212,17 @@ def test_an_admitted_run_whose_owner_host_is_gone_is_started_by_another_host(
 
     import ray
 
-    from actors.host import ORPHANED_AFTER_S, shared_host_name, store_submission
+    from actors.host import ORPHANED_AFTER_S, get_host, shared_host_name, store_submission
     from tests.conftest import with_store
 
     client = make_client(fresh_database_url, demo_registry(demo_services.url), execution_hosts=2)
     pack = slow_pack("/v1/orphan")
-    warm = [client.start(pack) for _ in range(6)]  # both hosts exist and supervise
-    assert all(client.wait(eid, timeout_s=60)["status"] == "completed" for eid in warm)
-    execution_id = next(e for e in (str(uuid.uuid4()) for _ in range(100)) if zlib.crc32(e.encode()) % 2 == 0)
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    execution_id = next(e for e in ids if zlib.crc32(e.encode()) % 2 == 0)  # owned by host 0
+    other = next(e for e in ids if zlib.crc32(e.encode()) % 2 == 1)
+    for eid in (execution_id, other):  # both hosts exist, with their database open and supervising
+        host = get_host(client.settings, client.registry, execution_id=eid, namespace=client.namespace)
+        ray.get(host.ready.remote(), timeout=60)
     ray.kill(ray.get_actor(shared_host_name(0), namespace=client.namespace), no_restart=True)
 
     async def submit(store: Any) -> Any:
