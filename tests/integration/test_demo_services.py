@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 
 import httpx
 import pytest
@@ -346,35 +352,30 @@ def test_stop_is_prompt_with_a_call_hanging() -> None:
         assert answer.status_code == 503 and answer.json() == {"error": "demo services stopping"}
 
 
-def test_command_line_prints_url_then_serves() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
+@contextlib.contextmanager
+def _demo_process(*args: str) -> Iterator[str]:
+    """Run ``python ARGS`` from the repository root; yield the URL it prints, then stop it."""
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.demo_services", "--port", "0", "--fault", "/echo/x=1:500"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
+        assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline().strip()
-        assert line.startswith("demo services listening on http://127.0.0.1:")
-        url = line.rsplit(" ", 1)[1]
-        assert httpx.get(url + "/echo/x", timeout=5).status_code == 500
-        assert httpx.get(url + "/echo/x", timeout=5).status_code == 200
+        assert line.startswith("demo services listening on http://127.0.0.1:"), line or proc.stderr.read()
+        yield line.rsplit(" ", 1)[1]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def test_command_line_rejects_bad_fault() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_command_line_prints_url_then_serves() -> None:
+    with _demo_process("-m", "serve_app.demo_services", "--port", "0", "--fault", "/echo/x=1:500") as url:
+        assert httpx.get(url + "/echo/x", timeout=5).status_code == 500
+        assert httpx.get(url + "/echo/x", timeout=5).status_code == 200
 
+
+def test_command_line_rejects_bad_fault() -> None:
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-m", "serve_app.demo_services", "--port", "0", "--fault", "nonsense"],
@@ -392,33 +393,14 @@ def test_command_line_rejects_bad_fault() -> None:
     ids=["module --fail", "cli --fault"],
 )
 def test_command_lines_accept_both_fault_spellings(spelling: list[str]) -> None:
-    import socket
-    import subprocess
-    import sys
-    from dataclasses import asdict
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
     with socket.socket() as probe:  # the CLI takes no port 0: pick a free one
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     text = "/echo/x=1:500:retry_after=2"
     *head, option = spelling
-    proc = subprocess.Popen(
-        [sys.executable, *head, "--port", str(port), option, text],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline().strip()
-        assert line == f"demo services listening on http://127.0.0.1:{port}", proc.stderr.read() if not line else line
-        url = line.rsplit(" ", 1)[1]
+    with _demo_process(*head, "--port", str(port), option, text) as url:
+        assert url == f"http://127.0.0.1:{port}"
         assert httpx.get(url + "/_demo/faults", timeout=5).json() == [asdict(parse_fault(text)) | {"calls": 0}]
         failed = httpx.get(url + "/echo/x", timeout=5)
         assert failed.status_code == 500 and failed.headers["retry-after"] == "2"
         assert httpx.get(url + "/echo/x", timeout=5).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
