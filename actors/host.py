@@ -53,8 +53,9 @@ ORPHANED_AFTER_S = 2 * UNCLAIMED_AFTER_S
 
 #: A dedicated host exits this many s after its run ended (``wait`` may still ask it).
 DEDICATED_EXIT_AFTER_S = 30.0
-#: ... and this many s after its run was cancelled while queued (never started: nothing to wait on).
-QUEUED_CANCEL_EXIT_AFTER_S = 1.0
+#: ... and this many s after it finds it has no run to host: its run was cancelled while
+#: queued, or Ray restarted it after its run had ended (nothing to wait on).
+IDLE_EXIT_AFTER_S = 1.0
 
 #: Finished runs kept in memory per host for ``wait`` and live events after a run ended
 #: (older ones are read from the database). Each holds its run's journal: a shared host grew
@@ -217,7 +218,7 @@ class ExecutionHost:
                 self._start(execution_id)
         log.info("host %s restarted; resumed %d run(s)", self._name, len(mine))
         if self._dedicated and not mine:  # its run ended (or never started) before the restart
-            asyncio.get_running_loop().call_later(QUEUED_CANCEL_EXIT_AFTER_S, _exit_actor)
+            asyncio.get_running_loop().call_later(IDLE_EXIT_AFTER_S, _exit_actor)
         return mine
 
     def _owns(self, execution_id: str, isolation: str) -> bool:
@@ -460,7 +461,7 @@ class ExecutionHost:
             cancelled = await (await self._get_store()).cancel_queued(execution_id)
             if cancelled is not None:
                 if self._dedicated:  # its one run ended before it started: nothing left to host
-                    asyncio.get_running_loop().call_later(QUEUED_CANCEL_EXIT_AFTER_S, _exit_actor)
+                    asyncio.get_running_loop().call_later(IDLE_EXIT_AFTER_S, _exit_actor)
                 return status_record(cancelled, self._settings)
         if actor is not None and actor.cancel() and task is not None:
             await asyncio.wait({task}, timeout=30)
