@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -135,28 +134,8 @@ def test_models_match_migrations(database_url: str) -> None:
     assert with_store(database_url, body) == []
 
 
-def _fresh_postgres_database(url: str) -> tuple[str, Callable[[], None]]:
-    import asyncpg
-
-    base = url.rsplit("/", 1)[0]
-    admin = base.replace("postgresql+asyncpg://", "postgresql://", 1) + "/postgres"
-    name = f"cortx_mig_{uuid.uuid4().hex[:10]}"
-
-    async def admin_sql(sql: str) -> None:
-        conn = await asyncpg.connect(admin, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
-    return base + "/" + name, lambda: asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def test_concurrent_migration_of_a_fresh_database(database_url: str) -> None:
-    url, drop = (database_url, lambda: None)
-    if database_url.startswith("postgresql"):
-        url, drop = _fresh_postgres_database(database_url)
+def test_concurrent_migration_of_a_fresh_database(fresh_database_url: str) -> None:
+    url = fresh_database_url
 
     async def body() -> list[int]:
         stores = await asyncio.gather(*(open_store(url) for _ in range(3)))
@@ -168,11 +147,8 @@ def test_concurrent_migration_of_a_fresh_database(database_url: str) -> None:
             for s in stores:
                 await s.close()
 
-    try:
-        # three engines migrating one fresh database at once, then claiming one run at once
-        assert asyncio.run(body()) == [1, 2, 3]
-    finally:
-        drop()
+    # three engines migrating one fresh database at once, then claiming one run at once
+    assert asyncio.run(body()) == [1, 2, 3]
 
 
 _MIGRATE_IN_CHILD = """
@@ -189,32 +165,27 @@ print("ok")
 """
 
 
-def test_processes_migrating_a_fresh_database_at_once(database_url: str) -> None:
-    url, drop = (database_url, lambda: None)
-    if database_url.startswith("postgresql"):
-        url, drop = _fresh_postgres_database(database_url)
+def test_processes_migrating_a_fresh_database_at_once(fresh_database_url: str) -> None:
+    url = fresh_database_url
     start = str(time.time() + 3)
-    try:
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-c", _MIGRATE_IN_CHILD, url, start],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(3)
-        ]
-        results = [c.communicate(timeout=60) for c in children]
-        assert [c.returncode for c in children] == [0, 0, 0], [err[-2000:] for _, err in results]
-        assert [out.strip() for out, _ in results] == ["ok"] * 3
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_IN_CHILD, url, start],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [c.communicate(timeout=60) for c in children]
+    assert [c.returncode for c in children] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert [out.strip() for out, _ in results] == ["ok"] * 3
 
-        async def body(store: Store) -> str:
-            return (await new_run(store)).status
+    async def body(store: Store) -> str:
+        return (await new_run(store)).status
 
-        assert with_store(url, body) == "queued"
-    finally:
-        drop()
+    assert with_store(url, body) == "queued"
 
 
 def test_sqlite_pragmas_folder_and_plain_url(tmp_path: Path) -> None:
