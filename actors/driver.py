@@ -145,7 +145,7 @@ def local_ray_system_config(step_task_num_cpus: float, num_cpus: float | None = 
     workers and kills the others after 1 s idle. Step tasks reserve a fraction of a CPU
     (``CORTX_STEP_TASK_NUM_CPUS``, 0.25), so ``num_cpus / step_task_num_cpus`` of them run
     at once, and under steady load Ray kept killing and starting worker processes (each
-    start costs about a second of CPU): measured on 2 cores, HTTP execute went from 6 to 22
+    start costs about a second of CPU): measured on 2 cores, HTTP execute went from 6.4 to 21
     runs a second with the limit raised to fit every concurrent step task. A cluster
     started with ``ray start`` takes the same setting from the environment variable
     ``RAY_num_workers_soft_limit`` (``docs/deploy.md``).

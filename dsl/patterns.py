@@ -122,7 +122,7 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> It
     array of 5,000 objects took about 20 s, on the API's event loop)."""
     if not unique or not validator.is_type(instance, "array"):
         return
-    seen: set[Any] = set()
+    seen: set[str] = set()
     for item in instance:
         key = _json_key(item)
         if key in seen:

@@ -88,13 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FAULT",
-        help=(
-            "inject a fault; repeatable; --fault is the same option. "
-            "FAULT is PATH=N[:STATUS][:delay=MS][:retry_after=S][:hang] (options after STATUS in any order): "
-            "the first N calls to PATH answer STATUS (default 503); delay=MS makes every call to PATH "
-            "wait MS ms more; retry_after=S adds 'Retry-After: S' to the failures; hang makes calls to "
-            "PATH never answer. E.g. /validation/v1/income=2:503, /validation/v1/item=0:200:delay=1000"
-        ),
+        help=FAULT_HELP,
     )
 
     serve = sub.add_parser("serve", help="serve the HTTP API on Ray Serve until Ctrl-C")
@@ -104,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--services", help="service registry YAML (default: CORTX_SERVICE_REGISTRY)")
     serve.add_argument("--namespace", default="cortx", help="Ray namespace of the ExecutionHosts (default cortx)")
     return parser
+
+
+#: Help of the demo services' fault option, shared with ``python -m serve_app.demo_services``.
+FAULT_HELP = (
+    "inject a fault; repeatable; --fail and --fault are the same option. "
+    "FAULT is PATH=N[:STATUS][:delay=MS][:retry_after=S][:hang] (options after STATUS in any order): "
+    "the first N calls to PATH answer STATUS (default 503); delay=MS makes every call to PATH "
+    "wait MS ms more; retry_after=S adds 'Retry-After: S' to the failures; hang makes calls to "
+    "PATH never answer. E.g. /validation/v1/income=2:503, /validation/v1/item=0:200:delay=1000"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

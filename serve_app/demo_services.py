@@ -732,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit code (2 for invalid arguments).
     """
+    from serve_app.cli import FAULT_HELP  # one wording of the fault syntax for both command lines
+
     parser = argparse.ArgumentParser(prog="demo_services", description="Run the CORTX demo upstream services.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -743,14 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FAULT",
-        help=(
-            "inject a fault; repeatable; --fail is the same option. "
-            "FAULT is PATH=FAIL_FIRST[:STATUS][:delay=MS][:retry_after=S][:hang] (options after STATUS "
-            "in any order): the first FAIL_FIRST calls to PATH answer STATUS (default 503); delay=MS "
-            "makes every call to PATH wait MS ms more; retry_after=S adds 'Retry-After: S' to the "
-            "failures; hang makes calls to PATH never answer. "
-            "E.g. /validation/v1/income=2:503, /ledger/v1/entries=0:200:delay=500"
-        ),
+        help=FAULT_HELP,
     )
     args = parser.parse_args(argv)
     try:
