@@ -24,13 +24,14 @@ transaction).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, tuple_, update
+from sqlalchemy import String, bindparam, case, cast, exists, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -85,6 +86,30 @@ def _ts(value: datetime) -> ColumnElement[Any]:
     return bindparam(None, value, type_=_TS)
 
 
+#: One execution by id (bind parameter ``eid``), prebuilt (see ``SqlStore._prebuilt``).
+_SELECT_ONE = select(EXECUTIONS).where(
+    EXECUTIONS.c.execution_id == bindparam("eid", type_=EXECUTIONS.c.execution_id.type)
+)
+
+
+#: The checkpoint write on PostgreSQL: one call of the function of migration 0005, which
+#: does what ``SqlStore.write_checkpoint`` does on SQLite in one round trip (1: checkpoint
+#: new, 0: already written, -1: refused by fencing or no such run).
+_WRITE_CHECKPOINT_FN = text(
+    "SELECT cortx_write_checkpoint(:eid, :epoch, :step_key, :attempt, :step_id, :step_type, :status,"
+    " :outputs, :error, :idempotency_key, :started_at, :ended_at, :node_id,"
+    " :current_step, :completed_step, :context, :events, :now)"
+).bindparams(
+    bindparam("outputs", type_=JSONB(none_as_null=True)),
+    bindparam("error", type_=JSONB(none_as_null=True)),
+    bindparam("context", type_=JSONB(none_as_null=True)),
+    bindparam("events", type_=JSONB(none_as_null=True)),
+    bindparam("started_at", type_=_TS),
+    bindparam("ended_at", type_=_TS),
+    bindparam("now", type_=_TS),
+)
+
+
 class _Refused(Exception):
     """Internal: a fenced UPDATE matched no row; the transaction must roll back."""
 
@@ -117,6 +142,9 @@ class SqlStore(SqlAdmission, SqlOutbox):
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._dialect = engine.dialect.name
         self._closed = False
+        self._statements: dict[Hashable, Any] = {}
+        # One-statement transactions (the checkpoint function): no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def engine(self) -> AsyncEngine:
@@ -149,15 +177,29 @@ class SqlStore(SqlAdmission, SqlOutbox):
     def _insert(self, table: Any) -> Any:
         return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
 
-    def _append_step(self, step_key: str) -> ColumnElement[Any]:
-        """SQL for ``completed_steps`` with ``step_key`` appended unless already present."""
+    def _prebuilt(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The statement ``build()`` makes, built once per store and ``key``.
+
+        The hot path (checkpoint, current step, claim, finish) runs prebuilt statements
+        with bind parameters by name: SQLAlchemy memoises a statement object's cache key,
+        so a reused statement skips the traversal that a statement built per call pays on
+        every execution (most of the host's CPU per step; docs/performance.md).
+        """
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt
+
+    def _append_step(self) -> ColumnElement[Any]:
+        """SQL for ``completed_steps`` with ``:completed_step`` appended unless already present."""
         col = EXECUTIONS.c.completed_steps
+        step = bindparam("p_completed_step", type_=String)
         if self._dialect == "postgresql":
-            one = func.jsonb_build_array(cast(bindparam(None, step_key, type_=String), String))
+            one = func.jsonb_build_array(cast(step, String))
             return case((col.op("@>", is_comparison=True)(one), col), else_=col.op("||")(one))
         each = func.json_each(col).table_valued("value")
-        present = exists(select(literal(1)).select_from(each).where(each.c.value == step_key))
-        return case((present, col), else_=func.json_insert(col, "$[#]", step_key))
+        present = exists(select(literal(1)).select_from(each).where(each.c.value == step))
+        return case((present, col), else_=func.json_insert(col, "$[#]", step))
 
     async def _refuse(
         self, execution_id: str, given_id: str, owner_epoch: int, original: Exception | None = None
@@ -176,14 +218,13 @@ class SqlStore(SqlAdmission, SqlOutbox):
         raise FencedError(execution_id, owner_epoch)
 
     @staticmethod
-    def _select_one(execution_id: str) -> Any:
-        return select(EXECUTIONS).where(EXECUTIONS.c.execution_id == execution_id)
-
-    def _fenced(self, execution_id: str, owner_epoch: int) -> Any:
+    def _fenced() -> Any:
+        """``UPDATE executions`` of the run ``:eid`` still owned at ``:epoch`` and not terminal."""
         return update(EXECUTIONS).where(
-            EXECUTIONS.c.execution_id == execution_id,
-            EXECUTIONS.c.owner_epoch == owner_epoch,
-            EXECUTIONS.c.status.in_(ACTIVE_STATUSES),
+            EXECUTIONS.c.execution_id == bindparam("eid", type_=EXECUTIONS.c.execution_id.type),
+            EXECUTIONS.c.owner_epoch == bindparam("epoch", type_=EXECUTIONS.c.owner_epoch.type),
+            # literal values: an expanding IN of bound values is rendered again per execution
+            EXECUTIONS.c.status.in_([literal(status) for status in sorted(ACTIVE_STATUSES)]),
         )
 
     # ------------------------------------------------------------------ packs
@@ -315,27 +356,89 @@ class SqlStore(SqlAdmission, SqlOutbox):
         eid = normalize_execution_id(execution_id)
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
-        now = _ts(utc_now())
-        stmt = (
-            update(EXECUTIONS)
-            .where(EXECUTIONS.c.execution_id == eid, EXECUTIONS.c.status == STATUS_RUNNING)
+        stmt = self._prebuilt(
+            "claim",
+            lambda: update(EXECUTIONS)
+            .where(
+                EXECUTIONS.c.execution_id == bindparam("eid", type_=EXECUTIONS.c.execution_id.type),
+                EXECUTIONS.c.status == STATUS_RUNNING,
+            )
             .values(
                 owner_epoch=EXECUTIONS.c.owner_epoch + 1,
                 status=STATUS_RUNNING,
-                started_at=func.coalesce(EXECUTIONS.c.started_at, now),
-                updated_at=now,
+                started_at=func.coalesce(EXECUTIONS.c.started_at, bindparam("p_now", type_=_TS)),
+                updated_at=bindparam("p_now", type_=_TS),
             )
-            .returning(*EXECUTIONS.c)
+            .returning(*EXECUTIONS.c),
         )
         async with self._writer.begin() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
+            row = (await conn.execute(stmt, {"eid": eid, "p_now": utc_now()})).mappings().first()
             if row is None:
-                row = (await conn.execute(self._select_one(eid))).mappings().first()
+                row = (await conn.execute(_SELECT_ONE, {"eid": eid})).mappings().first()
             else:  # the outbox: the claim's event in the claim's transaction (persistence.outbox)
                 await insert_events_in_transaction(conn, eid, [claim_event(int(row["owner_epoch"]))])
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         return execution_from_row(row)
+
+    async def _write_checkpoint_pg(
+        self,
+        eid: str,
+        checkpoint: StepCheckpoint,
+        owner_epoch: int,
+        current_step: str | None,
+        completed_step: str | None,
+        context: dict | None,
+        events: list[NewEvent],
+    ) -> bool:
+        """:meth:`write_checkpoint` on PostgreSQL: one call of ``cortx_write_checkpoint`` (migration 0005)."""
+        params = {
+            "eid": eid,
+            "epoch": owner_epoch,
+            "step_key": checkpoint.step_key,
+            "attempt": checkpoint.attempt,
+            "step_id": checkpoint.step_id,
+            "step_type": checkpoint.step_type,
+            "status": checkpoint.status,
+            "outputs": checkpoint.outputs,
+            "error": checkpoint.error,
+            "idempotency_key": checkpoint.idempotency_key,
+            "started_at": as_utc(checkpoint.started_at),
+            "ended_at": as_utc(checkpoint.ended_at),
+            "node_id": checkpoint.node_id,
+            "current_step": current_step,
+            "completed_step": completed_step,
+            "context": context,
+            "events": [
+                {"type": e.type, "step_key": e.step_key, "attempt": e.attempt, "payload": e.payload} for e in events
+            ],
+            "now": utc_now(),
+        }
+        with _plain_value_errors():
+            async with self._autocommit.connect() as conn:
+                outcome = int((await conn.execute(_WRITE_CHECKPOINT_FN, params)).scalar_one())
+        if outcome < 0:
+            await self._refuse(eid, checkpoint.execution_id, owner_epoch)
+        return outcome == 1
+
+    def _progress_update(self, current_step: bool, context: bool, append: bool) -> Any:
+        """The checkpoint's fenced ``UPDATE`` of the run: ``updated_at`` and, when asked,
+        ``current_step``, ``context`` and the appended ``completed_steps`` (bind
+        parameters ``eid``, ``epoch``, ``p_updated_at``, ``p_current_step``, ``p_context``,
+        ``p_completed_step``: not column names, which SQLAlchemy keeps for SET); one
+        prebuilt statement per combination."""
+
+        def build() -> Any:
+            values: dict[str, Any] = {"updated_at": bindparam("p_updated_at", type_=_TS)}
+            if current_step:
+                values["current_step"] = bindparam("p_current_step", type_=EXECUTIONS.c.current_step.type)
+            if context:
+                values["context"] = bindparam("p_context", type_=json_type())
+            if append:
+                values["completed_steps"] = self._append_step()
+            return self._fenced().values(**values)
+
+        return self._prebuilt(("progress", current_step, context, append), build)
 
     async def write_checkpoint(
         self,
@@ -358,36 +461,43 @@ class SqlStore(SqlAdmission, SqlOutbox):
         if context is not None and not isinstance(context, dict):
             raise ValueError(f"context must be a dict or None, got {type(context).__name__}")
         new_events = check_events(events)
-        insert = (
-            self._insert(STEP_CHECKPOINTS)
-            .values(
-                execution_id=eid,
-                step_key=checkpoint.step_key,
-                attempt=checkpoint.attempt,
-                step_id=checkpoint.step_id,
-                step_type=checkpoint.step_type,
-                status=checkpoint.status,
-                outputs=checkpoint.outputs,
-                error=checkpoint.error,
-                idempotency_key=checkpoint.idempotency_key,
-                started_at=_ts(as_utc(checkpoint.started_at)),
-                ended_at=_ts(as_utc(checkpoint.ended_at)),
-                node_id=checkpoint.node_id,
-            )
-            .on_conflict_do_nothing(index_elements=["execution_id", "step_key", "attempt"])
+        if self._dialect == "postgresql":
+            return await self._write_checkpoint_pg(eid, checkpoint, owner_epoch, current_step, completed_step,
+                                                   context, new_events)
+        insert = self._prebuilt(
+            "checkpoint",
+            lambda: self._insert(STEP_CHECKPOINTS).on_conflict_do_nothing(
+                index_elements=["execution_id", "step_key", "attempt"]
+            ),
         )
-        values: dict[str, Any] = {"updated_at": _ts(utc_now())}
-        if current_step is not None:
-            values["current_step"] = current_step
-        if context is not None:
-            values["context"] = bindparam(None, context, type_=json_type())
+        row = {
+            "execution_id": eid,
+            "step_key": checkpoint.step_key,
+            "attempt": checkpoint.attempt,
+            "step_id": checkpoint.step_id,
+            "step_type": checkpoint.step_type,
+            "status": checkpoint.status,
+            "outputs": checkpoint.outputs,
+            "error": checkpoint.error,
+            "idempotency_key": checkpoint.idempotency_key,
+            "started_at": as_utc(checkpoint.started_at),
+            "ended_at": as_utc(checkpoint.ended_at),
+            "node_id": checkpoint.node_id,
+        }
+        params: dict[str, Any] = {"eid": eid, "epoch": owner_epoch, "p_updated_at": utc_now()}
         try:
             with _plain_value_errors():
                 async with self._writer.begin() as conn:
-                    inserted = (await conn.execute(insert)).rowcount == 1
-                    if inserted and completed_step is not None:
-                        values["completed_steps"] = self._append_step(completed_step)
-                    if (await conn.execute(self._fenced(eid, owner_epoch).values(**values))).rowcount != 1:
+                    inserted = (await conn.execute(insert, row)).rowcount == 1
+                    append = inserted and completed_step is not None
+                    progress = self._progress_update(current_step is not None, context is not None, append)
+                    if current_step is not None:
+                        params["p_current_step"] = current_step
+                    if context is not None:
+                        params["p_context"] = context
+                    if append:
+                        params["p_completed_step"] = completed_step
+                    if (await conn.execute(progress, params)).rowcount != 1:
                         raise _Refused
                     if inserted and new_events:  # after the fenced UPDATE: its row lock orders the seqs
                         await insert_events_in_transaction(conn, eid, new_events)
@@ -408,9 +518,10 @@ class SqlStore(SqlAdmission, SqlOutbox):
             raise ExecutionNotFoundError(execution_id)
         check_length("step_key", step_key, MAX_STEP_KEY)
         new_events = check_events(events)
-        stmt = self._fenced(eid, owner_epoch).values(current_step=step_key, updated_at=_ts(utc_now()))
+        stmt = self._progress_update(True, False, False)
+        params = {"eid": eid, "epoch": owner_epoch, "p_updated_at": utc_now(), "p_current_step": step_key}
         async with self._writer.begin() as conn:
-            matched = (await conn.execute(stmt)).rowcount
+            matched = (await conn.execute(stmt, params)).rowcount
             if matched == 1 and new_events:
                 await insert_events_in_transaction(conn, eid, new_events)
         if matched != 1:
@@ -434,24 +545,29 @@ class SqlStore(SqlAdmission, SqlOutbox):
         eid = normalize_execution_id(execution_id)
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
-        now = _ts(utc_now())
-        stmt = (
-            self._fenced(eid, owner_epoch)
+        stmt = self._prebuilt(
+            "finish",
+            lambda: self._fenced()
             .values(
-                status=status,
-                outputs=bindparam(None, outputs, type_=json_type()),
-                error=storable_text(error),  # no NUL in a TEXT column (PostgreSQL refuses it)
-                error_detail=bindparam(None, error_detail, type_=json_type()),
-                completed_at=now,
-                updated_at=now,
+                status=bindparam("p_status", type_=EXECUTIONS.c.status.type),
+                outputs=bindparam("p_outputs", type_=json_type()),
+                error=bindparam("p_error", type_=EXECUTIONS.c.error.type),
+                error_detail=bindparam("p_error_detail", type_=json_type()),
+                completed_at=bindparam("p_now", type_=_TS),
+                updated_at=bindparam("p_now", type_=_TS),
             )
-            .returning(*EXECUTIONS.c)
+            .returning(*EXECUTIONS.c),
         )
+        params = {
+            "eid": eid, "epoch": owner_epoch, "p_status": status, "p_outputs": outputs,
+            "p_error": storable_text(error),  # no NUL in a TEXT column (PostgreSQL refuses it)
+            "p_error_detail": error_detail, "p_now": utc_now(),
+        }
         with _plain_value_errors():
             async with self._writer.begin() as conn:
-                row = (await conn.execute(stmt)).mappings().first()
+                row = (await conn.execute(stmt, params)).mappings().first()
                 if row is None:
-                    row = (await conn.execute(self._select_one(eid))).mappings().first()
+                    row = (await conn.execute(_SELECT_ONE, {"eid": eid})).mappings().first()
                 else:  # the outbox: the final event in the final write's transaction
                     await insert_events_in_transaction(conn, eid, check_events([finish_event(status, error, error_detail)]))
         if row is None:
@@ -467,7 +583,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(self._select_one(eid))).mappings().first()
+            row = (await conn.execute(_SELECT_ONE, {"eid": eid})).mappings().first()
         if row is None:
             raise ExecutionNotFoundError(execution_id)
         return execution_from_row(row)

@@ -124,14 +124,21 @@ def test_concurrent_writers_get_gap_free_seq(store_url: str) -> None:
 
         async def one(i: int) -> None:
             await store.write_checkpoint(checkpoint(run.execution_id, f"s{i}"), owner_epoch=epoch,
-                                         events=[NewEvent("step.completed", f"s{i}", 1)])
+                                         events=[NewEvent("step.started", f"s{i}", 1, {"n": i}),
+                                                 NewEvent("step.completed", f"s{i}", 1)])
             await store.append_events(run.execution_id, owner_epoch=epoch,
                                       events=[NewEvent("step.retrying", f"s{i}", 1), NewEvent("x.y", f"s{i}", 1)])
 
         await asyncio.gather(*(one(i) for i in range(12)))
         events = await store.load_events(run.execution_id)
-        assert [e.seq for e in events] == list(range(1, 1 + 1 + 36))
+        assert [e.seq for e in events] == list(range(1, 1 + 1 + 48))
         assert sorted(e.step_key for e in events if e.type == "step.completed") == sorted(f"s{i}" for i in range(12))
+        # The events of one write keep their order, fields and payload.
+        for i in range(12):
+            mine = [e for e in events if e.step_key == f"s{i}"]
+            assert [(e.type, e.attempt) for e in mine] == [
+                ("step.started", 1), ("step.completed", 1), ("step.retrying", 1), ("x.y", 1)]
+            assert mine[0].payload == {"n": i} and mine[1].payload == {}
 
     with_store(store_url, body)
 

@@ -1,0 +1,108 @@
+"""PostgreSQL: the checkpoint write as one server-side function, ``cortx_write_checkpoint``.
+
+The engine writes a checkpoint after every step attempt (FDD §2.3): the fenced update of
+the run's row, the checkpoint row (first write wins) and the attempt's outbox events, in
+one transaction. Done as separate statements that is a ``BEGIN``, three to five statements
+and a ``COMMIT``: as many round trips, each paying the SQLAlchemy layer's CPU in the
+ExecutionHost. The function does the same work in one call (one round trip, its own
+transaction when the caller is in autocommit); ``persistence.sql_store.SqlStore``
+calls it on PostgreSQL. SQLite (one process, no network) keeps the statements.
+
+What it does, in order, in one transaction:
+
+1. ``SELECT ... FOR UPDATE`` of the run's row at ``p_epoch`` in an active status
+   (``queued``, ``running``). None: return -1 and write nothing (the caller tells a
+   missing run from a lost epoch). Taking the row lock first orders concurrent writers
+   of one run, so each later statement (a fresh snapshot under READ COMMITTED) sees the
+   events the writer before it committed.
+2. ``INSERT`` of the checkpoint, ``ON CONFLICT DO NOTHING`` on its key (first write wins).
+3. ``UPDATE`` of the run: ``updated_at``; ``current_step`` and ``context`` when given
+   (not NULL); ``p_completed_step`` appended to ``completed_steps`` when the checkpoint
+   row is new and the key is not listed yet.
+4. When the checkpoint row is new: the events of ``p_events`` (a JSON array of
+   ``{"type", "step_key", "attempt", "payload"}``) with ``seq`` following the run's last.
+
+Returns 1 (checkpoint new), 0 (it was already there: nothing but ``updated_at``,
+``current_step`` and ``context`` changed) or -1 (refused).
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-29 23:30:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_CREATE = """
+CREATE OR REPLACE FUNCTION cortx_write_checkpoint(
+    p_eid text, p_epoch integer,
+    p_step_key text, p_attempt integer, p_step_id text, p_step_type text, p_status text,
+    p_outputs jsonb, p_error jsonb, p_idempotency_key text,
+    p_started_at timestamptz, p_ended_at timestamptz, p_node_id text,
+    p_current_step text, p_completed_step text, p_context jsonb,
+    p_events jsonb, p_now timestamptz
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    new_row integer;
+    last_seq integer;
+BEGIN
+    PERFORM 1 FROM executions
+     WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+
+    INSERT INTO step_checkpoints (execution_id, step_key, attempt, step_id, step_type, status,
+                                  outputs, error, idempotency_key, started_at, ended_at, node_id)
+    VALUES (p_eid, p_step_key, p_attempt, p_step_id, p_step_type, p_status,
+            p_outputs, p_error, p_idempotency_key, p_started_at, p_ended_at, p_node_id)
+    ON CONFLICT (execution_id, step_key, attempt) DO NOTHING;
+    GET DIAGNOSTICS new_row = ROW_COUNT;
+
+    UPDATE executions
+       SET updated_at = p_now,
+           current_step = COALESCE(p_current_step, current_step),
+           context = COALESCE(p_context, context),
+           completed_steps = CASE
+               WHEN new_row = 1 AND p_completed_step IS NOT NULL
+                    AND NOT completed_steps @> jsonb_build_array(p_completed_step)
+               THEN completed_steps || jsonb_build_array(p_completed_step)
+               ELSE completed_steps
+           END
+     WHERE execution_id = p_eid;
+
+    IF new_row = 1 AND jsonb_array_length(p_events) > 0 THEN
+        SELECT COALESCE(max(seq), 0) INTO last_seq FROM execution_events WHERE execution_id = p_eid;
+        INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
+        SELECT p_eid, last_seq + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
+               (e.value ->> 'attempt')::integer, e.value -> 'payload', p_now
+          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
+    END IF;
+    RETURN new_row;
+END
+$fn$
+"""
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(_CREATE)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "DROP FUNCTION IF EXISTS cortx_write_checkpoint(text, integer, text, integer, text, text, text, jsonb,"
+            " jsonb, text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, timestamptz)"
+        )
