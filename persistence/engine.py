@@ -10,8 +10,10 @@
   ``BEGIN`` — ``BEGIN IMMEDIATE`` for connections carrying the :data:`WRITE_OPTION`
   execution option, so a write transaction takes SQLite's write lock up front instead
   of failing to upgrade a read lock when another process wrote in between.
-  PostgreSQL: ``pool_pre_ping``, the requested pool size, a small overflow and a
-  connect timeout.
+  PostgreSQL: the requested pool size, a small overflow, a connect timeout, and a ping
+  before reusing a connection that sat idle in the pool for :data:`PING_AFTER_IDLE_S` or
+  more (:func:`_ping_if_idle`; SQLAlchemy's ``pool_pre_ping`` would ping before every
+  checkout, three round trips each with asyncpg, the largest single cost of a checkpoint).
 * :func:`run_migrations` runs Alembic ``upgrade head`` in one transaction on the
   engine, without an ``alembic.ini``. Concurrent migrators are serialised: PostgreSQL
   by ``pg_advisory_xact_lock(MIGRATION_LOCK_KEY)``, SQLite by ``BEGIN IMMEDIATE``
@@ -37,7 +39,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
@@ -47,6 +49,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "MIGRATIONS_DIR",
     "MIGRATION_LOCK_KEY",
+    "PING_AFTER_IDLE_S",
     "SETTING",
     "SQLITE_BUSY_TIMEOUT_MS",
     "WRITE_OPTION",
@@ -72,6 +75,9 @@ MIGRATION_LOCK_KEY: Final = int.from_bytes(b"CORTXWF1", "big") & 0x7FFF_FFFF_FFF
 CONNECT_TIMEOUT_S: Final = 10.0
 #: How long a SQLite statement waits for another process's lock, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+#: A pooled PostgreSQL connection idle at least this long (seconds) is pinged before reuse.
+PING_AFTER_IDLE_S: Final = 1.0
+_IDLE_SINCE: Final = "cortx_idle_since"
 #: Execution option: begin the transaction as a writer (``BEGIN IMMEDIATE`` on SQLite).
 WRITE_OPTION: Final = "cortx_write"
 
@@ -227,14 +233,41 @@ def create_engine_for(url: URL, *, pool_size: int = 5) -> AsyncEngine:
         return engine
     engine = create_async_engine(
         url,
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=min(2, pool_size),
         connect_args={"timeout": CONNECT_TIMEOUT_S},
         json_serializer=json_dumps,
     )
     event.listen(engine.sync_engine, "handle_error", _on_pg_error)
+    event.listen(engine.sync_engine.pool, "checkin", _note_idle_since)
+    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
     return engine
+
+
+def _note_idle_since(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pool ``checkout`` hook: ping a connection that sat in the pool :data:`PING_AFTER_IDLE_S` or more.
+
+    A connection that went back to the pool a moment ago is handed out as it is: under load
+    that is every checkout, and the ping would cost three round trips each time. One that
+    sat idle longer (the server may have restarted, a firewall may have cut it) is pinged,
+    and a failed ping makes the pool open a fresh connection instead (SQLAlchemy's
+    documented ``DisconnectionError`` protocol). A connection that breaks in the window
+    fails its statement: the engine's writes wait and try again
+    (:func:`persistence.store.is_transient_error`), and SQLAlchemy then invalidates the
+    whole pool, so every other pooled connection is replaced too.
+    """
+    since = record.info.get(_IDLE_SINCE)
+    if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+        return  # just opened, or just used
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure: replace the connection
+        raise DisconnectionError(f"pooled connection failed its ping: {type(exc).__name__}") from exc
 
 
 def is_broken_protocol_error(exc: BaseException | None) -> bool:

@@ -714,3 +714,33 @@ def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(store_url:
         assert [c.outputs for c in await store.load_checkpoints(other.execution_id)] == [keep]
 
     with_store(store_url, body)
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_cut_while_idle_is_replaced_before_use(postgres_url: str) -> None:
+    """The pool pings a connection idle for PING_AFTER_IDLE_S or more, and replaces it when the server ended it."""
+    from persistence.engine import PING_AFTER_IDLE_S
+
+    async def body() -> None:
+        store = await open_store(postgres_url)
+        try:
+            assert isinstance(store, SqlStore)
+            async with store.engine.connect() as conn:
+                first_pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+            # The server ends that session (a restart, an idle timeout, a firewall) while it sits in the pool.
+            killer = await open_store(postgres_url)  # its own pool
+            try:
+                async with killer.engine.connect() as other:
+                    assert await other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first_pid})
+            finally:
+                await killer.close()
+            await asyncio.sleep(PING_AFTER_IDLE_S + 0.2)
+            run = await new_run(store)  # a write: needs a working connection at once
+            async with store.engine.connect() as conn:
+                pids = {await conn.scalar(text("SELECT pg_backend_pid()"))}
+            assert first_pid not in pids
+            assert (await store.get_execution(run.execution_id)).execution_id == run.execution_id
+        finally:
+            await store.close()
+
+    asyncio.run(body())
