@@ -432,7 +432,9 @@ class Floor:
 
     def throughput(self, runs: int, steps: int, durable: bool) -> dict[str, Any]:
         async def body(pool: Any) -> dict[str, Any]:
-            await self._chain(pool, 2)
+            # Warm-up of the same width: the first burst makes Ray start its workers (about
+            # 2 s here), which a floor measured cold would count as its own cost.
+            await asyncio.gather(*(self._chain(pool, 2) for _ in range(runs)))
             started = time.time()
             ends = await asyncio.gather(*(self._chain(pool, steps) for _ in range(runs)))
             latencies = [(end - started) * 1000 for _, end in ends]
@@ -565,7 +567,7 @@ def w3(engines: dict[str, Engine], floor: Floor, quick: bool, profile_dir: Path 
         out["floor_ray_pg" if durable else "floor_ray"] = result
         log(f"W3 floor {'ray+pg' if durable else 'ray'}: {result}")
     for mode, engine in engines.items():
-        engine.wait_all(engine.submit_many(pack, 10)[0])  # warm
+        engine.wait_all(engine.submit_many(pack, runs)[0])  # warm, same width as the floor's warm-up
         pids = engine.host_pids()
         with MemorySampler(extra_pids=lambda p=pids: p) as mem, Profiler(
             profile_dir if mode == "durable" else None, "w3", pids
