@@ -432,9 +432,9 @@ class Floor:
 
     def throughput(self, runs: int, steps: int, durable: bool) -> dict[str, Any]:
         async def body(pool: Any) -> dict[str, Any]:
-            # Warm-up of the same width: the first burst makes Ray start its workers (about
-            # 2 s here), which a floor measured cold would count as its own cost.
-            await asyncio.gather(*(self._chain(pool, 2) for _ in range(runs)))
+            # Warm-up: the same burst once, unmeasured. The first burst makes Ray start its
+            # workers (about 2 s here), which a floor measured cold would count as its own cost.
+            await asyncio.gather(*(self._chain(pool, steps) for _ in range(runs)))
             started = time.time()
             ends = await asyncio.gather(*(self._chain(pool, steps) for _ in range(runs)))
             latencies = [(end - started) * 1000 for _, end in ends]
