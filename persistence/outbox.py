@@ -344,6 +344,8 @@ class SqlOutbox:
         if eid is None:
             raise ExecutionNotFoundError(execution_id)
         checked = check_events(events)
+        if self._dialect == "postgresql":  # type: ignore[attr-defined]
+            return await self._append_events_pg(eid, execution_id, owner_epoch, None, checked)  # type: ignore[attr-defined]
         now = utc_now()
         async with self._writer.begin() as conn:
             stmt = self._progress_update(False, False, False)  # type: ignore[attr-defined]

@@ -110,6 +110,19 @@ _WRITE_CHECKPOINT_FN = text(
 )
 
 
+#: A fenced write of progress and events on PostgreSQL (``cortx_append_events``, migration
+#: 0005): the run's last ``seq`` after it, or -1 refused.
+_APPEND_EVENTS_FN = text("SELECT cortx_append_events(:eid, :epoch, :current_step, :events, :now)").bindparams(
+    bindparam("events", type_=JSONB(none_as_null=True)),
+    bindparam("now", type_=_TS),
+)
+
+
+def _event_dicts(events: Sequence[NewEvent]) -> list[dict[str, Any]]:
+    """Events as the JSON array the PostgreSQL functions of migration 0005 read."""
+    return [{"type": e.type, "step_key": e.step_key, "attempt": e.attempt, "payload": e.payload} for e in events]
+
+
 class _Refused(Exception):
     """Internal: a fenced UPDATE matched no row; the transaction must roll back."""
 
@@ -409,9 +422,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
             "current_step": current_step,
             "completed_step": completed_step,
             "context": context,
-            "events": [
-                {"type": e.type, "step_key": e.step_key, "attempt": e.attempt, "payload": e.payload} for e in events
-            ],
+            "events": _event_dicts(events),
             "now": utc_now(),
         }
         with _plain_value_errors():
@@ -420,6 +431,24 @@ class SqlStore(SqlAdmission, SqlOutbox):
         if outcome < 0:
             await self._refuse(eid, checkpoint.execution_id, owner_epoch)
         return outcome == 1
+
+    async def _append_events_pg(
+        self, eid: str, given_id: str, owner_epoch: int, current_step: str | None, events: list[NewEvent]
+    ) -> list[int]:
+        """A fenced write of ``updated_at`` (and ``current_step``) and ``events`` on PostgreSQL:
+        one call of ``cortx_append_events`` (migration 0005). Returns the events' ``seq``.
+
+        Raises:
+            FencedError, ExecutionNotFoundError: as :meth:`set_current_step`.
+        """
+        params = {"eid": eid, "epoch": owner_epoch, "current_step": current_step,
+                  "events": _event_dicts(events), "now": utc_now()}
+        with _plain_value_errors():
+            async with self._autocommit.connect() as conn:
+                last = int((await conn.execute(_APPEND_EVENTS_FN, params)).scalar_one())
+        if last < 0:
+            await self._refuse(eid, given_id, owner_epoch)
+        return list(range(last - len(events) + 1, last + 1))
 
     def _progress_update(self, current_step: bool, context: bool, append: bool) -> Any:
         """The checkpoint's fenced ``UPDATE`` of the run: ``updated_at`` and, when asked,
@@ -518,6 +547,9 @@ class SqlStore(SqlAdmission, SqlOutbox):
             raise ExecutionNotFoundError(execution_id)
         check_length("step_key", step_key, MAX_STEP_KEY)
         new_events = check_events(events)
+        if self._dialect == "postgresql":
+            await self._append_events_pg(eid, execution_id, owner_epoch, step_key, new_events)
+            return
         stmt = self._progress_update(True, False, False)
         params = {"eid": eid, "epoch": owner_epoch, "p_updated_at": utc_now(), "p_current_step": step_key}
         async with self._writer.begin() as conn:

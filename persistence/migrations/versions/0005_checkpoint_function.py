@@ -1,4 +1,4 @@
-"""PostgreSQL: the checkpoint write as one server-side function, ``cortx_write_checkpoint``.
+"""PostgreSQL: the engine's hot writes as server-side functions (``cortx_write_checkpoint``, ``cortx_append_events``).
 
 The engine writes a checkpoint after every step attempt (FDD §2.3): the fenced update of
 the run's row, the checkpoint row (first write wins) and the attempt's outbox events, in
@@ -24,6 +24,11 @@ What it does, in order, in one transaction:
 
 Returns 1 (checkpoint new), 0 (it was already there: nothing but ``updated_at``,
 ``current_step`` and ``context`` changed) or -1 (refused).
+
+``cortx_append_events`` is the same without the checkpoint: the fenced lock, ``updated_at``
+(and ``current_step`` when not NULL), then every event of ``p_events``; it returns the
+run's last ``seq`` after the write (0 when it has no events), or -1 refused.
+It is a step's start (``set_current_step``) and a retry's event (``append_events``).
 
 Revision ID: 0005
 Revises: 0004
@@ -94,10 +99,39 @@ END
 $fn$
 """
 
+_CREATE_APPEND = """
+CREATE OR REPLACE FUNCTION cortx_append_events(
+    p_eid text, p_epoch integer, p_current_step text, p_events jsonb, p_now timestamptz
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    last_seq integer;
+BEGIN
+    PERFORM 1 FROM executions
+     WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    UPDATE executions
+       SET updated_at = p_now, current_step = COALESCE(p_current_step, current_step)
+     WHERE execution_id = p_eid;
+    SELECT COALESCE(max(seq), 0) INTO last_seq FROM execution_events WHERE execution_id = p_eid;
+    INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
+    SELECT p_eid, last_seq + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
+           (e.value ->> 'attempt')::integer, e.value -> 'payload', p_now
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
+    RETURN last_seq + jsonb_array_length(p_events);
+END
+$fn$
+"""
+
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_CREATE)
+        op.execute(_CREATE_APPEND)
 
 
 def downgrade() -> None:
@@ -106,3 +140,4 @@ def downgrade() -> None:
             "DROP FUNCTION IF EXISTS cortx_write_checkpoint(text, integer, text, integer, text, text, text, jsonb,"
             " jsonb, text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, timestamptz)"
         )
+        op.execute("DROP FUNCTION IF EXISTS cortx_append_events(text, integer, text, jsonb, timestamptz)")
