@@ -15,7 +15,8 @@ How a run gets in:
    host's claim bumps ``owner_epoch`` from 0).
 
 Two admitters never admit the same run and never together pass the limit: on PostgreSQL
-the transaction first takes ``pg_advisory_xact_lock(ADMISSION_LOCK_KEY)``; on SQLite a
+the pass is one call of the ``cortx_admit`` function (migration 0005), whose transaction
+first takes ``pg_advisory_xact_lock(ADMISSION_LOCK_KEY)``; on SQLite a
 write transaction is ``BEGIN IMMEDIATE`` and so already holds the database's write lock.
 The move itself is ``UPDATE ... WHERE status = 'queued'`` and only rows it changed are
 returned.
@@ -32,7 +33,7 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 
 from persistence.models import EXECUTIONS, execution_from_row
 from persistence.outbox import finish_event, insert_events_in_transaction
@@ -47,6 +48,12 @@ __all__ = ["ADMISSION_LOCK_KEY", "CANCELLED_IN_QUEUE", "MemoryAdmission", "SqlAd
 #: ``pg_advisory_xact_lock`` key that serialises admission passes (any fixed 64-bit value
 #: that the migration lock does not use).
 ADMISSION_LOCK_KEY: Final = 0x636F727478_02
+#: An admission pass on PostgreSQL: ``cortx_admit`` of migration 0005, rows typed as the table's.
+_ADMIT_FN: Final = (
+    text("SELECT * FROM cortx_admit(:max_running, :lock_key, :now)")
+    .bindparams(bindparam("now", type_=EXECUTIONS.c.updated_at.type))
+    .columns(*EXECUTIONS.c)
+)
 #: ``error`` of a run cancelled while it was still queued.
 CANCELLED_IN_QUEUE: Final = "cancelled by request before it started"
 
@@ -91,6 +98,12 @@ class SqlAdmission:
         """
         self._check_open()
         check_max_running(max_running)
+        if self._dialect == "postgresql":
+            # The same pass in one call of cortx_admit (migration 0005): one round trip.
+            params = {"max_running": max_running, "lock_key": ADMISSION_LOCK_KEY, "now": utc_now()}
+            async with self._autocommit.connect() as conn:
+                rows = (await conn.execute(_ADMIT_FN, params)).mappings().all()
+            return sorted((execution_from_row(row) for row in rows), key=lambda r: (r.created_at, r.execution_id))
         queued = select(EXECUTIONS.c.execution_id).where(EXECUTIONS.c.status == STATUS_QUEUED).limit(1)
         async with self._engine.connect() as conn:
             if (await conn.execute(queued)).first() is None:

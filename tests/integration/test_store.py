@@ -116,7 +116,7 @@ def test_migration_creates_tables_and_reopening_is_a_no_op(database_url: str) ->
             assert fks[0]["referred_table"] == "executions" and fks[0]["options"].get("ondelete") == "CASCADE"
             assert revision == "0005"
             # The hot writes are server-side functions on PostgreSQL (migration 0005).
-            assert functions == ({"cortx_write_checkpoint", "cortx_append_events"} if store.dialect == "postgresql" else set())
+            assert functions == ({"cortx_write_checkpoint", "cortx_append_events", "cortx_admit"} if store.dialect == "postgresql" else set())
             run = await new_run(again)
             assert (await store.get_execution(run.execution_id)).execution_id == run.execution_id
         finally:

@@ -1,4 +1,4 @@
-"""PostgreSQL: the engine's hot writes as server-side functions (``cortx_write_checkpoint``, ``cortx_append_events``).
+"""PostgreSQL: the engine's hot writes as server-side functions (checkpoint, events, admission).
 
 The engine writes a checkpoint after every step attempt (FDD §2.3): the fenced update of
 the run's row, the checkpoint row (first write wins) and the attempt's outbox events, in
@@ -29,6 +29,12 @@ Returns 1 (checkpoint new), 0 (it was already there: nothing but ``updated_at``,
 (and ``current_step`` when not NULL), then every event of ``p_events``; it returns the
 run's last ``seq`` after the write (0 when it has no events), or -1 refused.
 It is a step's start (``set_current_step``) and a retry's event (``append_events``).
+
+``cortx_admit`` is an admission pass (``persistence.admission``, FDD §9.2) in one call:
+nothing queued, return at once without a lock; else take
+``pg_advisory_xact_lock(p_lock_key)``, count the ``running`` runs and move the oldest
+``queued`` ones (by ``created_at``, then id) to ``running`` while fewer than ``p_max``
+run; it returns the rows it moved.
 
 Revision ID: 0005
 Revises: 0004
@@ -127,11 +133,38 @@ END
 $fn$
 """
 
+_CREATE_ADMIT = """
+CREATE OR REPLACE FUNCTION cortx_admit(p_max integer, p_lock_key bigint, p_now timestamptz)
+RETURNS SETOF executions
+LANGUAGE plpgsql VOLATILE
+AS $fn$
+DECLARE
+    slots integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM executions WHERE status = 'queued') THEN
+        RETURN;  -- the common case: one indexed read, no lock
+    END IF;
+    PERFORM pg_advisory_xact_lock(p_lock_key);
+    SELECT p_max - count(*) INTO slots FROM executions WHERE status = 'running';
+    IF slots <= 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE executions SET status = 'running', started_at = p_now, updated_at = p_now
+     WHERE status = 'queued' AND execution_id IN (
+           SELECT execution_id FROM executions WHERE status = 'queued'
+            ORDER BY created_at, execution_id LIMIT slots)
+    RETURNING *;
+END
+$fn$
+"""
+
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(_CREATE)
         op.execute(_CREATE_APPEND)
+        op.execute(_CREATE_ADMIT)
 
 
 def downgrade() -> None:
@@ -141,3 +174,4 @@ def downgrade() -> None:
             " jsonb, text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, timestamptz)"
         )
         op.execute("DROP FUNCTION IF EXISTS cortx_append_events(text, integer, text, jsonb, timestamptz)")
+        op.execute("DROP FUNCTION IF EXISTS cortx_admit(integer, bigint, timestamptz)")
