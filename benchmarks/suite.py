@@ -454,6 +454,8 @@ class Floor:
                     value = await self.task.remote(i)
                     await self._commit(pool, run, f"each[{i}]/add", value)
 
+            # Warm-up, unmeasured: one burst of `concurrency` tasks makes Ray start its workers.
+            await asyncio.gather(*(self.task.remote(i) for i in range(concurrency)))
             started = time.perf_counter()
             # bounded: `concurrency` workers, not one coroutine per item
             queue = iter(range(items))
@@ -487,7 +489,7 @@ class Profiler:
         for n, pid in enumerate(self.pids):
             out = self.directory / f"{self.name}-host{n}.txt"
             self.procs.append(subprocess.Popen(
-                [exe, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "200", "--nonblocking",
+                [exe, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", os.environ.get("SUITE_PYSPY_RATE", "200"), "--nonblocking",
                  *(["--idle"] if os.environ.get("SUITE_PYSPY_IDLE") else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)  # let py-spy attach
