@@ -326,37 +326,37 @@ class SqlStore(SqlAdmission, SqlOutbox):
         eid = check_new_execution(
             execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status
         )
-        now = _ts(utc_now())
-        stmt = (
-            EXECUTIONS.insert()
-            .values(
-                execution_id=eid,
-                workflow_pack_id=workflow_pack_id,
-                version=version,
-                pack_document=pack_document,
-                status=status,
-                inputs=inputs,
-                options=options,
-                context={},
-                isolation=isolation,
-                current_step=None,
-                completed_steps=[],
-                outputs=None,
-                error=None,
-                error_detail=None,
-                owner_epoch=0,
-                created_at=now,
-                started_at=None if status == STATUS_QUEUED else now,
-                completed_at=None,
-                updated_at=now,
-            )
-            .returning(*EXECUTIONS.c)
-        )
+        now = utc_now()
+        row_values = {
+            "execution_id": eid,
+            "workflow_pack_id": workflow_pack_id,
+            "version": version,
+            "pack_document": pack_document,
+            "status": status,
+            "inputs": inputs,
+            "options": options,
+            "context": {},
+            "isolation": isolation,
+            "current_step": None,
+            "completed_steps": [],
+            "outputs": None,
+            "error": None,
+            "error_detail": None,
+            "owner_epoch": 0,
+            "created_at": now,
+            "started_at": None if status == STATUS_QUEUED else now,
+            "completed_at": None,
+            "updated_at": now,
+        }
+        stmt = self._prebuilt("create", lambda: EXECUTIONS.insert().returning(*EXECUTIONS.c))
         secrets = [{"execution_id": eid, "name": str(k), "value": v} for k, v in (secret_inputs or {}).items()]
         try:
             with _plain_value_errors():
-                async with self._writer.begin() as conn:
-                    row = (await conn.execute(stmt)).mappings().one()
+                # PostgreSQL, one statement (no secrets): autocommit spares BEGIN and COMMIT.
+                # SQLite keeps its BEGIN IMMEDIATE transaction (no round trips to save).
+                one_statement = self._dialect == "postgresql" and not secrets
+                async with (self._autocommit.connect() if one_statement else self._writer.begin()) as conn:
+                    row = (await conn.execute(stmt, row_values)).mappings().one()
                     if secrets:
                         await conn.execute(EXECUTION_SECRETS.insert(), secrets)
         except IntegrityError as exc:
