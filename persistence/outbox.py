@@ -52,7 +52,7 @@ from sqlalchemy import bindparam, case, func, select
 
 from persistence.models import EVENT_DELIVERIES, EXECUTION_EVENTS, EXECUTIONS, json_type
 from persistence.records import MAX_STEP_KEY, as_utc, isoformat_z, utc_now
-from persistence.validation import normalize_execution_id
+from persistence.validation import MAX_INT32, check_length, normalize_execution_id
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -199,11 +199,11 @@ def check_events(events: Iterable[NewEvent] | None) -> list[NewEvent]:
             raise ValueError(f"events[{index}] must be a NewEvent, got {type(event).__name__}")
         if not isinstance(event.type, str) or len(event.type) > MAX_EVENT_TYPE or not _TYPE.match(event.type):
             raise ValueError(f"events[{index}].type {event.type!r} must match {EVENT_TYPE_PATTERN} (at most 100 characters)")
-        if event.step_key is not None and (not isinstance(event.step_key, str) or len(event.step_key) > MAX_STEP_KEY):
-            raise ValueError(f"events[{index}].step_key must be a string of at most {MAX_STEP_KEY} characters")
+        if event.step_key is not None:
+            check_length(f"events[{index}].step_key", event.step_key, MAX_STEP_KEY)
         if event.attempt is not None and (isinstance(event.attempt, bool) or not isinstance(event.attempt, int)
-                                          or event.attempt < 1):
-            raise ValueError(f"events[{index}].attempt must be an int >= 1 or None, got {event.attempt!r}")
+                                          or not 1 <= event.attempt <= MAX_INT32):
+            raise ValueError(f"events[{index}].attempt must be an int from 1 to {MAX_INT32} or None, got {event.attempt!r}")
         if not isinstance(event.payload, dict):
             raise ValueError(f"events[{index}].payload must be a dict, got {type(event.payload).__name__}")
         payload = json.loads(json.dumps(event.payload, allow_nan=False))

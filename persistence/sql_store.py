@@ -423,10 +423,10 @@ class SqlStore(SqlAdmission, SqlOutbox):
             "completed_step": completed_step,
             "context": context,
             "events": _event_dicts(events),
-            "now": utc_now(),
         }
         with _plain_value_errors():
             async with self._autocommit.connect() as conn:
+                params["now"] = utc_now()  # after the pool's wait: the time of the write
                 outcome = int((await conn.execute(_WRITE_CHECKPOINT_FN, params)).scalar_one())
         if outcome < 0:
             await self._refuse(eid, checkpoint.execution_id, owner_epoch)
@@ -442,9 +442,10 @@ class SqlStore(SqlAdmission, SqlOutbox):
             FencedError, ExecutionNotFoundError: as :meth:`set_current_step`.
         """
         params = {"eid": eid, "epoch": owner_epoch, "current_step": current_step,
-                  "events": _event_dicts(events), "now": utc_now()}
+                  "events": _event_dicts(events)}
         with _plain_value_errors():
             async with self._autocommit.connect() as conn:
+                params["now"] = utc_now()  # after the pool's wait: the time of the write
                 last = int((await conn.execute(_APPEND_EVENTS_FN, params)).scalar_one())
         if last < 0:
             await self._refuse(eid, given_id, owner_epoch)

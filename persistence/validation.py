@@ -12,6 +12,7 @@ that cannot exist raises :class:`~dsl.errors.ExecutionNotFoundError` at the call
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Collection
 from datetime import datetime
@@ -82,8 +83,15 @@ def normalize_execution_id(execution_id: object) -> str | None:
         return None
 
 
+#: Largest value of the schema's ``integer`` columns (``attempt``, ``owner_epoch``, ``seq``).
+MAX_INT32 = 2**31 - 1
+#: Characters no text column can hold: NUL (PostgreSQL refuses it) and UTF-16 surrogates
+#: (not encodable as UTF-8; a Python string holds one only unpaired or from surrogateescape).
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
 def check_length(name: str, value: object, limit: int, *, required: bool = True) -> None:
-    """Refuse a string that is missing, empty or longer than its column.
+    """Refuse a string that is missing, empty, longer than its column, or unstorable.
 
     Args:
         name: the argument's name, for the message.
@@ -92,7 +100,9 @@ def check_length(name: str, value: object, limit: int, *, required: bool = True)
         required: when false, ``None`` is accepted.
 
     Raises:
-        ValueError: ``value`` is not a string, is empty, or has more than ``limit`` characters.
+        ValueError: ``value`` is not a string, is empty, has more than ``limit`` characters,
+            or holds a NUL or surrogate character (no database stores it alike: PostgreSQL
+            refuses NUL, UTF-8 cannot encode a surrogate), so every store refuses it alike.
     """
     if value is None and not required:
         return
@@ -100,6 +110,9 @@ def check_length(name: str, value: object, limit: int, *, required: bool = True)
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > limit:
         raise ValueError(f"{name} is {len(value)} characters long; at most {limit} are allowed")
+    bad = _UNSTORABLE_CHAR.search(value)
+    if bad is not None:
+        raise ValueError(f"{name} holds U+{ord(bad.group()):04X} at index {bad.start()}, which cannot be stored")
 
 
 def _check_dict(name: str, value: object) -> None:
@@ -178,8 +191,8 @@ def check_checkpoint(checkpoint: StepCheckpoint) -> StepCheckpoint:
     if checkpoint.status not in STEP_STATUSES:
         raise ValueError(f"checkpoint status must be one of {sorted(STEP_STATUSES)}, got {checkpoint.status!r}")
     attempt: Any = checkpoint.attempt
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-        raise ValueError(f"checkpoint attempt must be an int >= 1, got {attempt!r}")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= MAX_INT32:
+        raise ValueError(f"checkpoint attempt must be an int from 1 to {MAX_INT32}, got {attempt!r}")
     for field in ("started_at", "ended_at"):
         value = getattr(checkpoint, field)
         if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:

@@ -20,7 +20,9 @@ What it does, in order, in one transaction:
    (not NULL); ``p_completed_step`` appended to ``completed_steps`` when the checkpoint
    row is new and the key is not listed yet.
 4. When the checkpoint row is new: the events of ``p_events`` (a JSON array of
-   ``{"type", "step_key", "attempt", "payload"}``) with ``seq`` following the run's last.
+   ``{"type", "step_key", "attempt", "payload"}``) with ``seq`` following the run's last,
+   stamped ``p_now`` or the run's last event's time if later (so ``created_at`` never goes
+   backwards in ``seq`` order when a writer's clock reading waited for the row lock).
 
 Returns 1 (checkpoint new), 0 (it was already there: nothing but ``updated_at``,
 ``current_step`` and ``context`` changed) or -1 (refused).
@@ -54,7 +56,7 @@ depends_on: str | Sequence[str] | None = None
 
 _CREATE = """
 CREATE OR REPLACE FUNCTION cortx_write_checkpoint(
-    p_eid text, p_epoch integer,
+    p_eid text, p_epoch bigint,
     p_step_key text, p_attempt integer, p_step_id text, p_step_type text, p_status text,
     p_outputs jsonb, p_error jsonb, p_idempotency_key text,
     p_started_at timestamptz, p_ended_at timestamptz, p_node_id text,
@@ -66,6 +68,7 @@ AS $fn$
 DECLARE
     new_row integer;
     last_seq integer;
+    last_at timestamptz;
 BEGIN
     PERFORM 1 FROM executions
      WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
@@ -94,10 +97,11 @@ BEGIN
      WHERE execution_id = p_eid;
 
     IF new_row = 1 AND jsonb_array_length(p_events) > 0 THEN
-        SELECT COALESCE(max(seq), 0) INTO last_seq FROM execution_events WHERE execution_id = p_eid;
+        SELECT seq, created_at INTO last_seq, last_at FROM execution_events
+         WHERE execution_id = p_eid ORDER BY seq DESC LIMIT 1;
         INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
-        SELECT p_eid, last_seq + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
-               (e.value ->> 'attempt')::integer, e.value -> 'payload', p_now
+        SELECT p_eid, COALESCE(last_seq, 0) + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
+               (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
           FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
     END IF;
     RETURN new_row;
@@ -107,12 +111,13 @@ $fn$
 
 _CREATE_APPEND = """
 CREATE OR REPLACE FUNCTION cortx_append_events(
-    p_eid text, p_epoch integer, p_current_step text, p_events jsonb, p_now timestamptz
+    p_eid text, p_epoch bigint, p_current_step text, p_events jsonb, p_now timestamptz
 ) RETURNS integer
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
     last_seq integer;
+    last_at timestamptz;
 BEGIN
     PERFORM 1 FROM executions
      WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
@@ -123,23 +128,24 @@ BEGIN
     UPDATE executions
        SET updated_at = p_now, current_step = COALESCE(p_current_step, current_step)
      WHERE execution_id = p_eid;
-    SELECT COALESCE(max(seq), 0) INTO last_seq FROM execution_events WHERE execution_id = p_eid;
+    SELECT seq, created_at INTO last_seq, last_at FROM execution_events
+     WHERE execution_id = p_eid ORDER BY seq DESC LIMIT 1;
     INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
-    SELECT p_eid, last_seq + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
-           (e.value ->> 'attempt')::integer, e.value -> 'payload', p_now
+    SELECT p_eid, COALESCE(last_seq, 0) + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
+           (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
-    RETURN last_seq + jsonb_array_length(p_events);
+    RETURN COALESCE(last_seq, 0) + jsonb_array_length(p_events);
 END
 $fn$
 """
 
 _CREATE_ADMIT = """
-CREATE OR REPLACE FUNCTION cortx_admit(p_max integer, p_lock_key bigint, p_now timestamptz)
+CREATE OR REPLACE FUNCTION cortx_admit(p_max bigint, p_lock_key bigint, p_now timestamptz)
 RETURNS SETOF executions
 LANGUAGE plpgsql VOLATILE
 AS $fn$
 DECLARE
-    slots integer;
+    slots bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM executions WHERE status = 'queued') THEN
         RETURN;  -- the common case: one indexed read, no lock
@@ -170,8 +176,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "DROP FUNCTION IF EXISTS cortx_write_checkpoint(text, integer, text, integer, text, text, text, jsonb,"
+            "DROP FUNCTION IF EXISTS cortx_write_checkpoint(text, bigint, text, integer, text, text, text, jsonb,"
             " jsonb, text, timestamptz, timestamptz, text, text, text, jsonb, jsonb, timestamptz)"
         )
-        op.execute("DROP FUNCTION IF EXISTS cortx_append_events(text, integer, text, jsonb, timestamptz)")
-        op.execute("DROP FUNCTION IF EXISTS cortx_admit(integer, bigint, timestamptz)")
+        op.execute("DROP FUNCTION IF EXISTS cortx_append_events(text, bigint, text, jsonb, timestamptz)")
+        op.execute("DROP FUNCTION IF EXISTS cortx_admit(bigint, bigint, timestamptz)")
