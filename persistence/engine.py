@@ -171,9 +171,15 @@ def _on_sqlite_begin(conn: Connection) -> None:
 # JSON columns: compact, refusing NaN/Infinity on every backend (PostgreSQL's JSONB
 # rejects them; SQLite would otherwise store them).
 _json_dumps = functools.partial(json.dumps, allow_nan=False, separators=(",", ":"))
-#: Escapes PostgreSQL refuses in JSONB ("unsupported Unicode escape sequence"): NUL and
-#: UTF-16 surrogates, which only a lone surrogate produces after json.dumps.
-_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f][0-9a-f]{2})")
+#: Escapes PostgreSQL refuses in JSONB ("unsupported Unicode escape sequence"): NUL, and a
+#: UTF-16 surrogate that is not half of a pair. json.dumps writes every character beyond
+#: U+FFFF (an emoji) as a high-low pair, which is valid: matching pairs too sent every
+#: value holding an emoji through the slow, recursive clean-up below (8 times slower).
+_UNSTORABLE_ESCAPE = re.compile(
+    r"\\u0000"
+    r"|\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
+    r"|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}"
+)
 
 
 def json_dumps(value: Any) -> str:

@@ -200,12 +200,15 @@ class MemoryStore(MemoryAdmission, MemoryOutbox):
             updated_at=now,
             pack_document=_json_copy(pack_document),
         )
+        # Copied before anything is stored: a secret JSON cannot hold stores nothing (as the
+        # SQL stores' one transaction does).
+        secrets = _json_copy(dict(secret_inputs)) if secret_inputs else None
         with self._lock:
             if eid in self._executions:
                 raise ValueError(f"execution {eid} already exists")
             self._executions[eid] = record
-            if secret_inputs:
-                self._secrets[eid] = _json_copy(dict(secret_inputs))
+            if secrets:
+                self._secrets[eid] = secrets
             self._checkpoints[eid] = {}
         return _copy_execution(record)
 
