@@ -114,7 +114,8 @@ class StoredEvent:
         step_key: the step execution, if any.
         attempt: the attempt, if any.
         payload: the other fields (JSON object).
-        created_at: when the transaction wrote it (aware UTC).
+        created_at: when the writer wrote it (aware UTC, the writer's clock), never earlier
+            than the run's previous event.
     """
 
     execution_id: str
