@@ -96,7 +96,7 @@ _SELECT_ONE = select(EXECUTIONS).where(
 #: does what ``SqlStore.write_checkpoint`` does on SQLite in one round trip (1: checkpoint
 #: new, 0: already written, -1: refused by fencing or no such run).
 _WRITE_CHECKPOINT_FN = text(
-    "SELECT cortx_write_checkpoint(:eid, :epoch, :step_key, :attempt, :step_id, :step_type, :status,"
+    "SELECT cortx_write_checkpoint(:execution_id, :epoch, :step_key, :attempt, :step_id, :step_type, :status,"
     " :outputs, :error, :idempotency_key, :started_at, :ended_at, :node_id,"
     " :current_step, :completed_step, :context, :events, :now)"
 ).bindparams(
@@ -116,6 +116,24 @@ _APPEND_EVENTS_FN = text("SELECT cortx_append_events(:eid, :epoch, :current_step
     bindparam("events", type_=JSONB(none_as_null=True)),
     bindparam("now", type_=_TS),
 )
+
+
+def _checkpoint_row(execution_id: str, checkpoint: StepCheckpoint) -> dict[str, Any]:
+    """A checkpoint as ``step_checkpoints`` column values (also the checkpoint function's parameters)."""
+    return {
+        "execution_id": execution_id,
+        "step_key": checkpoint.step_key,
+        "attempt": checkpoint.attempt,
+        "step_id": checkpoint.step_id,
+        "step_type": checkpoint.step_type,
+        "status": checkpoint.status,
+        "outputs": checkpoint.outputs,
+        "error": checkpoint.error,
+        "idempotency_key": checkpoint.idempotency_key,
+        "started_at": as_utc(checkpoint.started_at),
+        "ended_at": as_utc(checkpoint.ended_at),
+        "node_id": checkpoint.node_id,
+    }
 
 
 def _event_dicts(events: Sequence[NewEvent]) -> list[dict[str, Any]]:
@@ -406,19 +424,8 @@ class SqlStore(SqlAdmission, SqlOutbox):
     ) -> bool:
         """:meth:`write_checkpoint` on PostgreSQL: one call of ``cortx_write_checkpoint`` (migration 0005)."""
         params = {
-            "eid": eid,
+            **_checkpoint_row(eid, checkpoint),
             "epoch": owner_epoch,
-            "step_key": checkpoint.step_key,
-            "attempt": checkpoint.attempt,
-            "step_id": checkpoint.step_id,
-            "step_type": checkpoint.step_type,
-            "status": checkpoint.status,
-            "outputs": checkpoint.outputs,
-            "error": checkpoint.error,
-            "idempotency_key": checkpoint.idempotency_key,
-            "started_at": as_utc(checkpoint.started_at),
-            "ended_at": as_utc(checkpoint.ended_at),
-            "node_id": checkpoint.node_id,
             "current_step": current_step,
             "completed_step": completed_step,
             "context": context,
@@ -500,20 +507,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
                 index_elements=["execution_id", "step_key", "attempt"]
             ),
         )
-        row = {
-            "execution_id": eid,
-            "step_key": checkpoint.step_key,
-            "attempt": checkpoint.attempt,
-            "step_id": checkpoint.step_id,
-            "step_type": checkpoint.step_type,
-            "status": checkpoint.status,
-            "outputs": checkpoint.outputs,
-            "error": checkpoint.error,
-            "idempotency_key": checkpoint.idempotency_key,
-            "started_at": as_utc(checkpoint.started_at),
-            "ended_at": as_utc(checkpoint.ended_at),
-            "node_id": checkpoint.node_id,
-        }
+        row = _checkpoint_row(eid, checkpoint)
         params: dict[str, Any] = {"eid": eid, "epoch": owner_epoch, "p_updated_at": utc_now()}
         try:
             with _plain_value_errors():

@@ -54,6 +54,15 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+#: The events of ``p_events`` after the run's last ``seq`` (both functions that write events;
+#: the caller holds the run's row lock, so the last ``seq`` cannot move underneath).
+_APPEND_EVENTS = """SELECT seq, created_at INTO last_seq, last_at FROM execution_events
+     WHERE execution_id = p_eid ORDER BY seq DESC LIMIT 1;
+    INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
+    SELECT p_eid, COALESCE(last_seq, 0) + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
+           (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
+      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);"""
+
 _CREATE = """
 CREATE OR REPLACE FUNCTION cortx_write_checkpoint(
     p_eid text, p_epoch bigint,
@@ -97,17 +106,12 @@ BEGIN
      WHERE execution_id = p_eid;
 
     IF new_row = 1 AND jsonb_array_length(p_events) > 0 THEN
-        SELECT seq, created_at INTO last_seq, last_at FROM execution_events
-         WHERE execution_id = p_eid ORDER BY seq DESC LIMIT 1;
-        INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
-        SELECT p_eid, COALESCE(last_seq, 0) + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
-               (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
-          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
+        {append_events}
     END IF;
     RETURN new_row;
 END
 $fn$
-"""
+""".replace("{append_events}", _APPEND_EVENTS)
 
 _CREATE_APPEND = """
 CREATE OR REPLACE FUNCTION cortx_append_events(
@@ -128,16 +132,11 @@ BEGIN
     UPDATE executions
        SET updated_at = p_now, current_step = COALESCE(p_current_step, current_step)
      WHERE execution_id = p_eid;
-    SELECT seq, created_at INTO last_seq, last_at FROM execution_events
-     WHERE execution_id = p_eid ORDER BY seq DESC LIMIT 1;
-    INSERT INTO execution_events (execution_id, seq, type, step_key, attempt, payload, created_at)
-    SELECT p_eid, COALESCE(last_seq, 0) + e.ord::integer, e.value ->> 'type', e.value ->> 'step_key',
-           (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
+    {append_events}
     RETURN COALESCE(last_seq, 0) + jsonb_array_length(p_events);
 END
 $fn$
-"""
+""".replace("{append_events}", _APPEND_EVENTS)
 
 _CREATE_ADMIT = """
 CREATE OR REPLACE FUNCTION cortx_admit(p_max bigint, p_lock_key bigint, p_now timestamptz)
