@@ -12,14 +12,17 @@ when no row matches, the transaction is rolled back and the store raises
 :class:`~dsl.errors.FencedError` (or :class:`~dsl.errors.ExecutionNotFoundError` if the row
 does not exist at all).
 
-The hot path, :meth:`SqlStore.write_checkpoint`, is two statements in one transaction:
-``INSERT ... ON CONFLICT DO NOTHING`` of the checkpoint (first write wins), then the fenced
-``UPDATE`` of the execution, which appends the completed step key to ``completed_steps``
-in SQL (``jsonb ||`` on PostgreSQL, ``json_insert`` on SQLite) only when the checkpoint
-row was new and the key is not already listed; then, when the checkpoint row was new, one
-``INSERT`` per outbox event of the attempt (:mod:`persistence.outbox`: the claim, the
-step's start, the checkpoint and the finish each write their events in their own
-transaction).
+The hot path, :meth:`SqlStore.write_checkpoint`, on SQLite is two statements in one
+transaction: ``INSERT ... ON CONFLICT DO NOTHING`` of the checkpoint (first write wins),
+then the fenced ``UPDATE`` of the execution, which appends the completed step key to
+``completed_steps`` (``json_insert``) only when the checkpoint row was new and the key is
+not already listed; then, when the checkpoint row was new, the attempt's outbox events
+(:mod:`persistence.outbox`: the claim, the step's start, the checkpoint and the finish each
+write their events in their own transaction). On PostgreSQL the same transaction is one
+call of ``cortx_write_checkpoint`` (migration 0005) in autocommit, which takes the run's
+row lock first; ``set_current_step``/``append_events`` and the admission pass are likewise
+``cortx_append_events`` and ``cortx_admit``. The other statements are built once per store
+(:meth:`SqlStore._prebuilt`).
 """
 
 from __future__ import annotations
