@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "MASK",
@@ -362,6 +362,15 @@ def secret_reference_issues(pack: Any) -> list[Any]:
     return issues
 
 
+#: Longest name of a ``secret: true`` input: the width of the secret store's key column.
+MAX_SECRET_INPUT_NAME: Final = 200
+
+
+def _storable_secret_input_name(pointer_token: str) -> bool:
+    name = pointer_token.replace("~1", "/").replace("~0", "~")
+    return 0 < len(name) <= MAX_SECRET_INPUT_NAME and not any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in name)
+
+
 def _secret_flag_issues(pack: Any) -> list[Any]:
     """``secret`` flags must be booleans on top-level input properties; elsewhere they would protect nothing."""
     from dsl.errors import ValidationIssue
@@ -379,6 +388,12 @@ def _secret_flag_issues(pack: Any) -> list[Any]:
             flag = item.get("secret", {})
             if where in top and not isinstance(flag, (bool, dict)):
                 issues.append(ValidationIssue("invalid_secret_flag", f"{where}/secret", "secret must be true or false"))
+            elif where in top and flag is True and not _storable_secret_input_name(where.rsplit("/", 1)[-1]):
+                issues.append(ValidationIssue(
+                    "invalid_secret_input_name", where,
+                    f"a secret input's name must be 1 to {MAX_SECRET_INPUT_NAME} characters without NUL or"
+                    " surrogate characters (the secret store keeps it as a key)",
+                ))
             elif where not in top and isinstance(flag, bool):
                 issues.append(
                     ValidationIssue(

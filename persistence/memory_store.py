@@ -46,6 +46,7 @@ from persistence.validation import (
     check_length,
     check_limit,
     check_new_execution,
+    check_secret_inputs,
     check_new_pack,
     normalize_execution_id,
     plain_status,
@@ -178,6 +179,7 @@ class MemoryStore(MemoryAdmission, MemoryOutbox):
         eid = check_new_execution(
             execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status
         )
+        check_secret_inputs(secret_inputs)
         now = utc_now()
         record = ExecutionRecord(
             execution_id=eid,

@@ -73,6 +73,7 @@ from persistence.validation import (
     check_length,
     check_limit,
     check_new_execution,
+    check_secret_inputs,
     check_new_pack,
     normalize_execution_id,
     plain_status,
@@ -347,6 +348,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
         eid = check_new_execution(
             execution_id, workflow_pack_id, version, pack_document, inputs, options, isolation, status
         )
+        check_secret_inputs(secret_inputs)
         now = utc_now()
         row_values = {
             "execution_id": eid,

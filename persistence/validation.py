@@ -133,6 +133,25 @@ def check_new_pack(pack_id: object, version: object, document: object, source_te
         raise ValueError(f"source_text must be a str or None, got {type(source_text).__name__}")
 
 
+#: Width of ``execution_secrets.name`` (migration 0003).
+MAX_SECRET_NAME = 200
+
+
+def check_secret_inputs(secret_inputs: object) -> None:
+    """Checks for ``create_execution(secret_inputs=...)``: a dict (or None) of named values.
+
+    Raises:
+        ValueError: not a dict, or a name that is not a string of 1 to
+            :data:`MAX_SECRET_NAME` storable characters (:func:`check_length`).
+    """
+    if secret_inputs is None:
+        return
+    if not isinstance(secret_inputs, dict):
+        raise ValueError(f"secret_inputs must be a dict or None, got {type(secret_inputs).__name__}")
+    for name in secret_inputs:
+        check_length("secret_inputs name", name, MAX_SECRET_NAME)
+
+
 def check_new_execution(
     execution_id: object,
     workflow_pack_id: object,

@@ -98,15 +98,20 @@ def test_event_times_never_go_backwards_in_seq_order(store_url: str) -> None:
     with_store(store_url, body)
 
 
-def test_a_secret_input_json_cannot_hold_stores_nothing(store_url: str) -> None:
+@pytest.mark.parametrize(("secrets", "message"), [
+    ({"token": float("nan")}, "JSON"),
+    ({"t" * 201: "x"}, "secret_inputs name is 201 characters long"),
+    ({"a\x00b": "x"}, "secret_inputs name holds U\\+0000"),
+], ids=["nan-value", "long-name", "nul-name"])
+def test_a_secret_input_the_store_cannot_hold_stores_nothing(store_url: str, secrets: dict, message: str) -> None:
     import uuid
 
     async def body(store) -> None:
         eid = str(uuid.uuid4())
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             await store.create_execution(execution_id=eid, workflow_pack_id="demo", version="1.0.0",
                                          pack_document={"id": "demo"}, inputs={}, options={}, status="queued",
-                                         secret_inputs={"token": float("nan")})
+                                         secret_inputs=secrets)
         with pytest.raises(ExecutionNotFoundError):
             await store.get_execution(eid)
 

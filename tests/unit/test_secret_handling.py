@@ -226,3 +226,12 @@ def test_redaction_covers_cut_encoded_and_non_string_forms_of_a_secret() -> None
     for leaked in (str(pin), card["number"], "v\\u00e4lue", key.lower()):
         assert leaked not in masked, leaked
     assert redact("a plain sentence", secrets) == "a plain sentence"
+
+
+@pytest.mark.parametrize("name", ["t" * 201, "a\x00b"], ids=["too-long", "nul"])
+def test_a_secret_input_name_the_secret_store_cannot_key_is_refused_at_validation(name: str) -> None:
+    # Validation names it (a field path), instead of the store refusing the run at execute time.
+    assert _issues(_pack(_call(), inputs={name: {"type": "string", "secret": True}})) == [
+        ("invalid_secret_input_name", f"/inputs/{name}")]
+    validate_document(_pack(_call(), inputs={"t" * 200: {"type": "string", "secret": True}}), "pack.yaml")
+    validate_document(_pack(_call(), inputs={name: {"type": "string"}}), "pack.yaml")  # not secret: no key needed
