@@ -367,8 +367,10 @@ MAX_SECRET_INPUT_NAME: Final = 200
 
 
 def _storable_secret_input_name(pointer_token: str) -> bool:
+    from dsl.validation import unstorable_reason  # dsl.validation imports this module
+
     name = pointer_token.replace("~1", "/").replace("~0", "~")
-    return 0 < len(name) <= MAX_SECRET_INPUT_NAME and not any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in name)
+    return 0 < len(name) <= MAX_SECRET_INPUT_NAME and unstorable_reason(name) is None
 
 
 def _secret_flag_issues(pack: Any) -> list[Any]:

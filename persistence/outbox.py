@@ -235,13 +235,15 @@ def finish_event(status: str, error: str | None, error_detail: dict[str, Any] | 
 #: once keeps its SQLAlchemy cache key, where one built per call is traversed again on every
 #: checkpoint (most of the host's CPU per step before; docs/performance.md).
 _EVENTS = EXECUTION_EVENTS
+#: The run ``:eid``'s last ``seq`` (0 before its first event).
+_LAST_SEQ: Final = select(func.coalesce(func.max(_EVENTS.c.seq), 0)).where(
+    _EVENTS.c.execution_id == bindparam("eid", type_=_EVENTS.c.execution_id.type)
+)
 _INSERT_ONE_EVENT: Final = (
     _EVENTS.insert()
     .values(
         execution_id=bindparam("eid", type_=_EVENTS.c.execution_id.type),
-        seq=select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
-        .where(_EVENTS.c.execution_id == bindparam("eid", type_=_EVENTS.c.execution_id.type))
-        .scalar_subquery(),
+        seq=_LAST_SEQ.scalar_subquery() + 1,
         type=bindparam("p_type", type_=_EVENTS.c.type.type),
         step_key=bindparam("p_step_key", type_=_EVENTS.c.step_key.type),
         attempt=bindparam("p_attempt", type_=_EVENTS.c.attempt.type),
@@ -249,9 +251,6 @@ _INSERT_ONE_EVENT: Final = (
         created_at=bindparam("p_created_at", type_=_EVENTS.c.created_at.type),
     )
     .returning(_EVENTS.c.seq)
-)
-_LAST_SEQ: Final = select(func.coalesce(func.max(_EVENTS.c.seq), 0)).where(
-    _EVENTS.c.execution_id == bindparam("eid", type_=_EVENTS.c.execution_id.type)
 )
 _INSERT_EVENTS: Final = _EVENTS.insert()
 

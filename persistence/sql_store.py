@@ -178,7 +178,8 @@ class SqlStore(SqlAdmission, SqlOutbox):
         self._dialect = engine.dialect.name
         self._closed = False
         self._statements: dict[Hashable, Any] = {}
-        # One-statement transactions (the checkpoint function): no BEGIN/COMMIT round trips.
+        # One-statement transactions (the 0005 functions, a new execution without secrets):
+        # no BEGIN/COMMIT round trips.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
@@ -215,7 +216,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
     def _prebuilt(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """The statement ``build()`` makes, built once per store and ``key``.
 
-        The hot path (checkpoint, current step, claim, finish) runs prebuilt statements
+        The hot path (new execution, checkpoint, current step, claim, finish) runs prebuilt statements
         with bind parameters by name: SQLAlchemy memoises a statement object's cache key,
         so a reused statement skips the traversal that a statement built per call pays on
         every execution (most of the host's CPU per step; docs/performance.md).
@@ -226,7 +227,7 @@ class SqlStore(SqlAdmission, SqlOutbox):
         return stmt
 
     def _append_step(self) -> ColumnElement[Any]:
-        """SQL for ``completed_steps`` with ``:completed_step`` appended unless already present."""
+        """SQL for ``completed_steps`` with ``:p_completed_step`` appended unless already present."""
         col = EXECUTIONS.c.completed_steps
         step = bindparam("p_completed_step", type_=String)
         if self._dialect == "postgresql":

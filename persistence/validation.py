@@ -269,10 +269,4 @@ def check_storable(value: Any, pointer: str = "") -> None:
 
 
 def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return _UNSTORABLE_CHAR.search(text) is None

@@ -63,6 +63,15 @@ _APPEND_EVENTS = """SELECT seq, created_at INTO last_seq, last_at FROM execution
            (e.value ->> 'attempt')::integer, e.value -> 'payload', GREATEST(p_now, last_at)
       FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);"""
 
+#: Lock the run's row if ``p_epoch`` still owns it and it is not terminal; else answer -1
+#: with nothing written (both functions that write for a run's owner).
+_LOCK_OWNED_RUN = """PERFORM 1 FROM executions
+     WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;"""
+
 _CREATE = """
 CREATE OR REPLACE FUNCTION cortx_write_checkpoint(
     p_eid text, p_epoch bigint,
@@ -79,12 +88,7 @@ DECLARE
     last_seq integer;
     last_at timestamptz;
 BEGIN
-    PERFORM 1 FROM executions
-     WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN -1;
-    END IF;
+    {lock_owned_run}
 
     INSERT INTO step_checkpoints (execution_id, step_key, attempt, step_id, step_type, status,
                                   outputs, error, idempotency_key, started_at, ended_at, node_id)
@@ -111,7 +115,7 @@ BEGIN
     RETURN new_row;
 END
 $fn$
-""".replace("{append_events}", _APPEND_EVENTS)
+""".replace("{lock_owned_run}", _LOCK_OWNED_RUN).replace("{append_events}", _APPEND_EVENTS)
 
 _CREATE_APPEND = """
 CREATE OR REPLACE FUNCTION cortx_append_events(
@@ -123,12 +127,7 @@ DECLARE
     last_seq integer;
     last_at timestamptz;
 BEGIN
-    PERFORM 1 FROM executions
-     WHERE execution_id = p_eid AND owner_epoch = p_epoch AND status IN ('queued', 'running')
-       FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN -1;
-    END IF;
+    {lock_owned_run}
     UPDATE executions
        SET updated_at = p_now, current_step = COALESCE(p_current_step, current_step)
      WHERE execution_id = p_eid;
@@ -136,7 +135,7 @@ BEGIN
     RETURN COALESCE(last_seq, 0) + jsonb_array_length(p_events);
 END
 $fn$
-""".replace("{append_events}", _APPEND_EVENTS)
+""".replace("{lock_owned_run}", _LOCK_OWNED_RUN).replace("{append_events}", _APPEND_EVENTS)
 
 _CREATE_ADMIT = """
 CREATE OR REPLACE FUNCTION cortx_admit(p_max bigint, p_lock_key bigint, p_now timestamptz)
