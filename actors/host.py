@@ -32,7 +32,7 @@ from actors.logs import configure_json_logging
 from actors.registry import ServiceRegistry
 from actors.scheduler import ServiceRequest
 from actors.settings import Settings
-from actors.task_step import TaskRequest
+from actors.task_step import TaskRequest, step_task_name
 from actors.tasks import service_call_task, task_step_task
 from dsl.errors import FencedError
 from dsl.models import WorkflowPack
@@ -104,7 +104,7 @@ class RayStepRunner:
             retryable ``task_error`` without a ``node_id`` (where it ran is not known).
         """
         ref = service_call_task.options(
-            name=f"step {request.step_key} #{request.attempt} [{request.execution_id[:8]}]",
+            name=step_task_name(request.step_key),
             num_cpus=self._num_cpus,
         ).remote(request.call_kwargs(), self._secrets_file, request.webhook)
         return await _await_step_task(ref, "step task failed")

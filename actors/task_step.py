@@ -33,6 +33,7 @@ import asyncio
 import inspect
 import importlib
 import json
+import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -49,6 +50,28 @@ __all__ = ["TaskPlan", "TaskRequest", "perform_task", "plan_task", "resolve_func
 #: Characters of an exception's message and traceback kept in the step's error.
 MAX_MESSAGE_CHARS = 2000
 MAX_TRACEBACK_CHARS = 4000
+
+
+_ITERATION_INDEX = re.compile(r"\[\d+\]")
+
+
+def step_task_name(step_key: str) -> str:
+    """The Ray task name of a step attempt: ``step <step path>``, loop indices as ``[*]``.
+
+    ``loop[17]/charge`` is named ``step loop[*]/charge``. Ray keeps one series of its
+    ``ray_tasks`` metric per distinct task name in every worker that submits tasks, and never
+    drops one: a name per run, attempt or item made the host's memory and metrics export grow
+    with every step it ever ran (about 25 KB a name; 1 GB over a 40,000-item loop). The name
+    therefore has the cardinality of the pack's steps; which run and attempt a task belongs to
+    is in the step's logs and events (docs/operations.md, "Ray dashboard").
+
+    Args:
+        step_key: the step execution's key (``<step id>`` or ``<loop>[<i>]/<step id>``...).
+
+    Returns:
+        The name, e.g. ``"step validate"``.
+    """
+    return "step " + _ITERATION_INDEX.sub("[*]", step_key)
 
 
 @dataclass(frozen=True)
@@ -85,7 +108,7 @@ class TaskRequest:
     def ray_options(self) -> dict[str, Any]:
         """Options of the attempt's Ray task: a readable name and the requested resources."""
         options: dict[str, Any] = {
-            "name": f"step {self.step_key} #{self.attempt} [{self.execution_id[:8]}]",
+            "name": step_task_name(self.step_key),
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
         }

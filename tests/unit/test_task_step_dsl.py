@@ -18,7 +18,7 @@ from actors.execution import ExecutionActor
 from actors.registry import ServiceRegistry
 from actors.runners import ThreadStepRunner
 from actors.settings import Settings
-from actors.task_step import perform_task
+from actors.task_step import perform_task, plan_task, step_task_name
 from dsl.errors import ConfigurationError, PackValidationError
 from dsl.graph import to_mermaid
 from dsl.models import TaskStep
@@ -251,3 +251,21 @@ def test_deploying_a_pack_applies_the_allowlist() -> None:
     assert [(i.code, i.pointer) for i in caught.value.issues] == [("task_not_allowed", "/steps/0/function")]
     deployed = asyncio.run(deploy_pack(MemoryStore(), text, "json", None, TaskPolicy(("examples",))))
     assert deployed.created
+
+
+def test_step_task_names_have_the_cardinality_of_the_pack_not_of_runs_or_items() -> None:
+    # Ray keeps a metric series per task name for ever: a name per run, attempt or loop item
+    # grew the host by about 25 KB per step attempt.
+    plan = plan_task(TaskStep.model_validate(task("charge")), lambda field: {"n": 1})
+    names = {
+        plan.request(
+            execution_id=str(uuid.uuid4()), step_key=f"loop[{i}]/retry[{j}]/charge", attempt=attempt, idempotency_key="k"
+        ).ray_options()["name"]
+        for i in (0, 7, 12345)
+        for j in (0, 3)
+        for attempt in (1, 2)
+    }
+    assert names == {"step loop[*]/retry[*]/charge"}
+    assert step_task_name("validate") == "step validate"
+    # a step id that merely contains brackets without digits is left as written
+    assert step_task_name("loop[*]/x") == "step loop[*]/x"
