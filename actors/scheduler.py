@@ -154,6 +154,11 @@ class Journal(Protocol):
     ) -> None:
         """A step attempt ended; ``completed_step`` is its key when the step completed.
 
+        ``completed_step`` is None for a step inside a loop iteration even when it
+        completed: the run's ``completed_steps`` lists the pack's steps outside loop
+        iterations, at most once each (docs/api.md, §3.2), so that the status record and the
+        write behind every checkpoint stay the size of the pack, not of the items.
+
         ``emitted`` (passed only by ``emit`` steps): the custom events ``{"event_type",
         "data"}`` to store with the checkpoint, in the same transaction.
 
@@ -763,11 +768,12 @@ class Scheduler:
             node_id=node_id,
         )
         completed = key if status is StepStatus.COMPLETED else None
+        listed = completed if completed is not None and "/" not in key else None  # not a loop iteration's step
         context = dict(self.context) if context_changed else None
         if emitted is not None:  # only journals that run emit steps need to take ``emitted``
-            await self._journal.step_ended(checkpoint, completed_step=completed, context=context, emitted=[emitted])
+            await self._journal.step_ended(checkpoint, completed_step=listed, context=context, emitted=[emitted])
         else:
-            await self._journal.step_ended(checkpoint, completed_step=completed, context=context)
+            await self._journal.step_ended(checkpoint, completed_step=listed, context=context)
         if completed:
             self._completed[key] = checkpoint
 

@@ -60,4 +60,5 @@ def test_runs_survive_a_postgres_restart(postgres_url: str, demo_services: Any, 
     for execution_id, record in zip(runs, records):
         mine = {k: v for k, v in calls.items() if k.startswith(execution_id)}
         assert mine and all(v == 1 for v in mine.values()), mine
-        assert len(record["completed_steps"]) == len(set(record["completed_steps"])) == 11
+        # 8 of the pack's steps (the loop's 3 iterations are in the step history only)
+        assert len(record["completed_steps"]) == len(set(record["completed_steps"])) == 8
