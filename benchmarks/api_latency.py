@@ -3,11 +3,12 @@
 Usage::
 
     .venv/bin/python benchmarks/api_latency.py [--clients 100] [--requests 20] [--rate R ...]
-        [--saturate] [--database-url URL]
+        [--saturate] [--database-url URL] [--ingress direct|proxy]
 
 What it starts, as a deployment would run: the demo services in-process (the pack is one
 trivial ``echo`` call), then ``cortx-workflow serve`` in a child process (a local Ray,
-Ray Serve's proxy, one API replica, the ExecutionHosts) on PostgreSQL (a fresh database on
+one API replica answering on its own port with ``--ingress direct``, the default, or behind
+Ray Serve's proxy with ``--ingress proxy``; the ExecutionHosts) on PostgreSQL (a fresh database on
 127.0.0.1:5432 unless ``--database-url`` is given), with API keys on.
 
 For each ``--rate`` (requests per second per client; default 0.25, 0.5 and 1, that is 25,
@@ -126,7 +127,9 @@ async def load(
     return latencies, errors, time.monotonic() - began, bodies
 
 
-def start_service(database_url: str, demo_url: str, port: int, key: str, workdir: Path) -> subprocess.Popen[str]:
+def start_service(
+    database_url: str, demo_url: str, port: int, key: str, workdir: Path, ingress: str = "direct"
+) -> subprocess.Popen[str]:
     registry = workdir / "services.yaml"
     registry.write_text(f"services:\n  echo:\n    base_url: {demo_url}/echo\n")
     env = {
@@ -138,7 +141,7 @@ def start_service(database_url: str, demo_url: str, port: int, key: str, workdir
     env.pop("RAY_ADDRESS", None)
     log = (workdir / "serve.log").open("w")  # a file, so a chatty server never blocks on a pipe
     return subprocess.Popen(
-        [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port), "--ingress", ingress],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -185,6 +188,8 @@ def main() -> None:
                         help="requests per second per client (open loop); repeat for several loads (default 0.25, 0.5, 1)")
     parser.add_argument("--saturate", action="store_true", help="also run closed-loop phases")
     parser.add_argument("--database-url", help="default: a fresh PostgreSQL database on 127.0.0.1:5432")
+    parser.add_argument("--ingress", choices=["direct", "proxy"], default="direct",
+                        help="cortx-workflow serve --ingress: the replica answers itself (default) or via Serve's proxy")
     args = parser.parse_args()
     rates = args.rate or [0.25, 0.5, 1.0]
 
@@ -202,7 +207,7 @@ def main() -> None:
     base_url = f"http://127.0.0.1:{port}"
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_service(database_url, demo.url, port, key, Path(tmp))
+        proc = start_service(database_url, demo.url, port, key, Path(tmp), args.ingress)
         try:
             wait_until_listening(proc, Path(tmp) / "serve.log")
             import httpx
@@ -246,12 +251,14 @@ def main() -> None:
     report = {
         "benchmark": "api_latency",
         "clients": args.clients,
+        "ingress": args.ingress,
         "requests_per_client": args.requests,
         "rates_per_client_per_s": rates,
         "database": "postgresql" if database_url.startswith("postgresql") else "sqlite",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": results,
     }
+    print(f"ingress: {args.ingress}")
     print(f"{'phase':<24}{'n':>7}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>9}")
     for r in results:
         print(f"{r['phase']:<24}{r['requests']:>7}{r['errors']:>5}{r['p50_ms']:>9}{r['p90_ms']:>9}"

@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local Ray)")
     serve.add_argument("--services", help="service registry YAML (default: CORTX_SERVICE_REGISTRY)")
     serve.add_argument("--namespace", default="cortx", help="Ray namespace of the ExecutionHosts (default cortx)")
+    serve.add_argument(
+        "--ingress", choices=["direct", "proxy"],
+        help="who listens on --port: the API replica itself (direct, the default with a local Ray) or "
+             "Serve's HTTP proxy (proxy, the default and only choice with --address); see docs/deploy.md",
+    )
     return parser
 
 
@@ -383,11 +388,21 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _free_port(host: str) -> int:
+    """A TCP port free on ``host`` now (for Serve's proxy when the replica takes ``--port``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _serve(args: argparse.Namespace) -> int:
     import socket
 
     from actors.driver import WorkflowClient
     from serve_app.auth import ApiSettings, is_loopback
+    from serve_app.ingress import direct_ingress_environment
 
     api_settings = ApiSettings.from_env()
     if not api_settings.keyring.enabled and not is_loopback(args.host):
@@ -399,7 +414,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise ConfigurationError("--port", args.port, "must be a TCP port from 1 to 65535")
     if not (args.address or os.environ.get("RAY_ADDRESS")):
-        # A local Ray: Serve's proxy binds here, so a busy port is reported now, not as a hang.
+        # A local Ray: the API binds here, so a busy port is reported now, not as a hang.
         try:
             family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -409,6 +424,18 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})"
             ) from None
+    local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))
+    ingress = args.ingress or ("direct" if local_ray else "proxy")
+    proxy_port = args.port
+    if ingress == "direct":
+        if not local_ray:
+            raise ConfigurationError(
+                "--ingress", "direct",
+                "needs a local Ray (Ray reads its direct-ingress settings when the cluster starts); with --address "
+                "use --ingress proxy, or start the cluster as docs/deploy.md says",
+            )
+        proxy_port = _free_port(args.host)
+        os.environ.update(direct_ingress_environment(args.port))  # before Ray starts: its processes inherit it
     registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY")
     client = WorkflowClient.from_env(registry_path=registry, ray_address=args.address, namespace=args.namespace)
     if not client.settings.state_persistence_enabled:
@@ -421,7 +448,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         run_until_interrupted(
             client.settings, client.registry, api_settings, host=args.host, port=args.port,
-            namespace=args.namespace, resume=client.resume_unfinished,
+            proxy_port=proxy_port, namespace=args.namespace, resume=client.resume_unfinished,
             announce=lambda line: print(line, flush=True),
         )
     finally:

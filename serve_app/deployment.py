@@ -19,7 +19,8 @@ Three ways in:
   ``CORTX_API_KEYS``… from the environment of the cluster (``runtime_env.env_vars``).
 * :func:`run_until_interrupted` — what ``cortx-workflow serve`` does: create the shared
   ExecutionHosts (owned by the long-lived CLI process), resume unfinished runs once,
-  start Serve's HTTP proxy on ``host:port``, deploy, and block until Ctrl-C / SIGTERM.
+  start Serve (its HTTP proxy on ``host:port``, or the replica itself there with direct
+  ingress: ``serve_app/ingress.py``), deploy, and block until Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -146,10 +147,15 @@ def run_until_interrupted(
     resume: Callable[[], list[str]],
     announce: Callable[[str], None] = print,
     stop: threading.Event | None = None,
+    proxy_port: int | None = None,
 ) -> None:
     """Run the API on Ray Serve until Ctrl-C, SIGTERM or ``stop`` is set (Ray must be connected).
 
     Args:
+        host, port: where the API answers.
+        proxy_port: where Serve's HTTP proxy listens; ``port`` (the default) when the proxy
+            is the API's way in; another port when Ray was started with
+            :func:`serve_app.ingress.direct_ingress_environment` and the replica takes ``port``.
         resume: called once before serving (``WorkflowClient.resume_unfinished``).
         announce: receives one-line progress messages.
         stop: an event that ends serving (tests); signals end it too.
@@ -157,7 +163,8 @@ def run_until_interrupted(
     warm_hosts(settings, registry, namespace)
     resumed = resume()
     announce(f"resumed {len(resumed)} unfinished run(s)")
-    serve.start(http_options={"host": host, "port": port})
+    direct = proxy_port is not None and proxy_port != port
+    serve.start(http_options={"host": host, "port": proxy_port if direct else port})
     try:
         serve.run(
             build_application(settings, registry, api_settings=api_settings, namespace=namespace),
@@ -165,7 +172,8 @@ def run_until_interrupted(
             route_prefix="/",
         )
         mode = "API keys required" if api_settings.keyring.enabled else "development mode: no authentication"
-        announce(f"CORTX Workflow API listening on http://{host}:{port} ({mode}); Ctrl-C stops")
+        way_in = f"direct ingress; Serve's proxy on port {proxy_port}" if direct else "through Serve's proxy"
+        announce(f"CORTX Workflow API listening on http://{host}:{port} ({mode}; {way_in}); Ctrl-C stops")
         done = stop or threading.Event()
         previous = None
         if threading.current_thread() is threading.main_thread():

@@ -438,6 +438,11 @@ def test_serve_command_refuses_non_loopback_without_keys_and_never_prints_a_key(
     assert "CORTX_API_KEYS" in err and secret not in err
     monkeypatch.setenv("CORTX_API_KEYS", f"{'k' * 20}:read,launch")
     assert main(["serve"]) == 1 and "launch" in capsys.readouterr().err
+    # direct ingress is set in the environment of the Ray it starts: not possible on a cluster
+    monkeypatch.setenv("CORTX_API_KEYS", f"{'k' * 20}:read")
+    assert main(["serve", "--address", "127.0.0.1:1", "--ingress", "direct", "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "--ingress" in err and "--ingress proxy" in err
 
 
 # --------------------------------------------------------------------------- Serve tier
@@ -486,11 +491,14 @@ def test_execute_and_status_through_the_ray_serve_proxy(ray_session: None, demo_
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("ingress", ["direct", "proxy"])
 def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_ctrl_c(
-    demo_services: Any, tmp_path: Path
+    demo_services: Any, tmp_path: Path, ingress: str
 ) -> None:
-    """The real command in a new process: its own Ray, resume at start, Serve's proxy, SIGINT."""
+    """The real command in a new process: its own Ray, resume at start, the replica (direct
+    ingress, the default) or Serve's proxy on --port, SIGINT."""
     import os
+    import re
     import signal
     import subprocess
     import sys
@@ -520,6 +528,8 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
            "CORTX_API_KEYS": f"{ADMIN}:admin", "CORTX_EXECUTION_HOSTS": "1"}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port), "--namespace", f"cli-{uuid.uuid4().hex[:6]}"]
+    if ingress == "proxy":
+        command += ["--ingress", "proxy"]  # direct is the default with a local Ray
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines: list[str] = []
@@ -530,11 +540,22 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
                 break
         assert any("resumed 1 unfinished run(s)" in line for line in lines), lines
         assert f"listening on http://127.0.0.1:{port}" in lines[-1] and "API keys required" in lines[-1]
+        doors = [port]
+        if ingress == "direct":
+            proxy = re.search(r"direct ingress; Serve's proxy on port (\d+)", lines[-1])
+            assert proxy is not None and int(proxy.group(1)) != port, lines[-1]
+            doors.append(int(proxy.group(1)))  # the proxy serves the same app: same keys required
+        else:
+            assert "through Serve's proxy" in lines[-1], lines[-1]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN}"},
                           timeout=60) as client:
             record = wait_for(client, unfinished, {"completed", "failed", "cancelled"})
             assert record["status"] == "completed" and record["outputs"] == {"n": 5}
-            assert_problem(httpx.get(f"http://127.0.0.1:{port}/v1/packs", timeout=30), 401, "unauthorized")
+        for door in doors:
+            assert_problem(httpx.get(f"http://127.0.0.1:{door}/v1/packs", timeout=30), 401, "unauthorized")
+            answer = httpx.get(f"http://127.0.0.1:{door}/v1/workflows/executions/{unfinished}",
+                               headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+            assert answer.status_code == 200 and answer.json()["status"] == "completed"
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=90)
         assert process.returncode == 0, err[-2000:]
