@@ -290,8 +290,10 @@ def _run(args: argparse.Namespace) -> int:
 
     # SIGTERM ends the command like Ctrl-C: with a message, not a dump. Set after Ray is
     # joined: a local Ray's start installs its own SIGTERM handler (stop Ray, exit 1).
+    # SIGINT is set again: a shell starts background jobs with it ignored.
     client.connect()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     execution_id = None
     try:
         execution_id = client.start(loaded, inputs, options=options)

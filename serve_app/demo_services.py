@@ -68,7 +68,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
 
 from dsl.errors import ConfigurationError
@@ -435,6 +436,12 @@ def create_app(*, latency_ms: int = 0, faults: list[Fault] | None = None) -> Fas
     @app.exception_handler(_BadBody)
     async def _bad(_: Request, exc: _BadBody) -> JSONResponse:
         return JSONResponse({"error": "invalid request body", "detail": str(exc)}, 422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, __: ClientDisconnect) -> Response:
+        # The caller hung up before its body arrived (a step cancelled or timed out during
+        # an injected delay): nobody reads this answer, and it is not a server error.
+        return Response(status_code=499)
 
     @app.post("/validation/v1/identity")
     async def identity(body: _IdentityBody) -> dict[str, Any]:

@@ -175,17 +175,20 @@ def run_until_interrupted(
         way_in = f"direct ingress; Serve's proxy on port {proxy_port}" if direct else "through Serve's proxy"
         announce(f"CORTX Workflow API listening on http://{host}:{port} ({mode}; {way_in}); Ctrl-C stops")
         done = stop or threading.Event()
-        previous = None
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
+            # SIGINT too: a shell starts a background job (`cortx-workflow serve &` in a
+            # script) with SIGINT ignored, and Python then keeps it ignored.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, lambda *_: done.set())
         try:
             while not done.wait(0.5):
                 pass
         except KeyboardInterrupt:
             pass
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         announce("stopping")
     finally:
         serve.shutdown()

@@ -530,7 +530,10 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port), "--namespace", f"cli-{uuid.uuid4().hex[:6]}"]
     if ingress == "proxy":
         command += ["--ingress", "proxy"]  # direct is the default with a local Ray
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started as a shell script starts a background job (`cortx-workflow serve &`): with
+    # SIGINT ignored. The command must still stop on it.
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines: list[str] = []
         assert process.stdout is not None

@@ -234,9 +234,11 @@ async def _status_of(url: str, execution_id: str) -> str:
         await store.close()
 
 
-def test_sigterm_to_run_leaves_the_run_resumable_with_one_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_to_run_leaves_the_run_resumable_with_one_message(tmp_path: Path, signum: int) -> None:
     """SIGTERM (a container stop) ends `run` as Ctrl-C does: exit 130, one line saying how to
-    resume, no traceback; the run stays `running` in the database for `recover`."""
+    resume, no traceback; the run stays `running` in the database for `recover`. So does
+    SIGINT to a `run` started as a script's background job (SIGINT ignored at start)."""
     from serve_app.demo_services import Fault, start_in_thread
 
     demo = start_in_thread()
@@ -251,6 +253,7 @@ def test_sigterm_to_run_leaves_the_run_resumable_with_one_message(tmp_path: Path
         [sys.executable, "-m", "serve_app.cli", "run", str(EXAMPLES / "sequential.yaml"),
          "--inputs", str(EXAMPLES / "sequential.inputs.json")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert proc.stdout is not None
@@ -260,7 +263,7 @@ def test_sigterm_to_run_leaves_the_run_resumable_with_one_message(tmp_path: Path
         step = proc.stdout.readline()  # "  -> step1 started": its call now waits 30 s upstream
         assert "step1 started" in step, step
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

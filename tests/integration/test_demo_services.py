@@ -404,3 +404,19 @@ def test_command_lines_accept_both_fault_spellings(spelling: list[str]) -> None:
         failed = httpx.get(url + "/echo/x", timeout=5)
         assert failed.status_code == 500 and failed.headers["retry-after"] == "2"
         assert httpx.get(url + "/echo/x", timeout=5).status_code == 200
+
+
+def test_a_caller_that_hangs_up_mid_body_is_not_a_server_error(
+    demo: DemoServer, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A step cancelled during an injected delay hangs up before its body is read: the
+    # demo services log no "Exception in ASGI application" for it and keep answering.
+    demo.set_faults([Fault(path="/echo/v1/slow", delay_ms=300)])
+    host, port = demo.url.removeprefix("http://").rsplit(":", 1)
+    with caplog.at_level("ERROR"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"POST /echo/v1/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"n\": 1")
+        time.sleep(0.8)  # past the delay: the handler reads the body of a closed connection
+        assert client.post("/echo/v1/ping", json={"n": 2}).json()["body"] == {"n": 2}
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
