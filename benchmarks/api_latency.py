@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-def summary(name: str, latencies_ms: list[float], errors: int, wall_s: float) -> dict[str, Any]:
+def summary(name: str, latencies_ms: list[float], errors: Counter[str], wall_s: float) -> dict[str, Any]:
+    """One phase's figures; ``errors`` counts failed requests by kind (``"503 database_unavailable"``)."""
     return {
         "phase": name,
         "requests": len(latencies_ms),
-        "errors": errors,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
         "p50_ms": round(percentile(latencies_ms, 0.50), 2),
         "p90_ms": round(percentile(latencies_ms, 0.90), 2),
         "p99_ms": round(percentile(latencies_ms, 0.99), 2),
@@ -79,16 +82,17 @@ def summary(name: str, latencies_ms: list[float], errors: int, wall_s: float) ->
 
 async def load(
     base_url: str, key: str, clients: int, requests: int, rate: float | None, make_request: Any
-) -> tuple[list[float], int, float, list[Any]]:
+) -> tuple[list[float], Counter[str], float, list[Any]]:
     """Run ``clients`` clients of ``requests`` requests each; rate None = closed loop.
 
-    Returns (latencies in ms, errors, wall time in s, answers' JSON bodies).
+    Returns (latencies in ms, failed requests by kind: the status and the problem's
+    ``type`` or the exception's class, wall time in s, answers' JSON bodies).
     """
     import httpx
 
     latencies: list[float] = []
     bodies: list[Any] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     # Every client is built before the clock starts: building an httpx client takes about
     # 25 ms of CPU here (its SSL context), and 100 of them built while the first requests
@@ -102,7 +106,6 @@ async def load(
     began = time.monotonic()
 
     async def client(index: int) -> None:
-        nonlocal errors
         async with https[index] as http:
             start = began + (random.random() / rate if rate else 0.0)
             for i in range(requests):
@@ -114,12 +117,13 @@ async def load(
                 sent = time.perf_counter()
                 try:
                     answer = await http.request(method, path, json=body)
-                except httpx.HTTPError:
-                    errors += 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
                     continue
                 latencies.append((time.perf_counter() - sent) * 1000)
                 if answer.status_code >= 400:
-                    errors += 1
+                    problem = answer.json() if answer.headers.get("content-type", "").endswith("json") else {}
+                    errors[f"{answer.status_code} {problem.get('type', '') if isinstance(problem, dict) else ''}".strip()] += 1
                 else:
                     bodies.append(answer.json())
 
@@ -263,6 +267,8 @@ def main() -> None:
     for r in results:
         print(f"{r['phase']:<24}{r['requests']:>7}{r['errors']:>5}{r['p50_ms']:>9}{r['p90_ms']:>9}"
               f"{r['p99_ms']:>9}{r['max_ms']:>9}{r['rate_per_s']:>9}")
+        if r["error_kinds"]:
+            print(f"  errors by kind: {r['error_kinds']}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "api_latency.json").write_text(json.dumps(report, indent=2))
