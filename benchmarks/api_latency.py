@@ -7,8 +7,8 @@ Usage::
 
 What it starts, as a deployment would run: the demo services in-process (the pack is one
 trivial ``echo`` call), then ``cortx-workflow serve`` in a child process (a local Ray,
-one API replica answering on its own port with ``--ingress direct``, the default, or behind
-Ray Serve's proxy with ``--ingress proxy``; the ExecutionHosts) on PostgreSQL (a fresh database on
+one API replica behind Ray Serve's proxy, the default, or answering on its own port with
+``--ingress direct``; the ExecutionHosts) on PostgreSQL (a fresh database on
 127.0.0.1:5432 unless ``--database-url`` is given), with API keys on.
 
 For each ``--rate`` (requests per second per client; default 0.25, 0.5 and 1, that is 25,
@@ -132,7 +132,7 @@ async def load(
 
 
 def start_service(
-    database_url: str, demo_url: str, port: int, key: str, workdir: Path, ingress: str = "direct"
+    database_url: str, demo_url: str, port: int, key: str, workdir: Path, ingress: str = "proxy"
 ) -> subprocess.Popen[str]:
     registry = workdir / "services.yaml"
     registry.write_text(f"services:\n  echo:\n    base_url: {demo_url}/echo\n")
@@ -192,8 +192,8 @@ def main() -> None:
                         help="requests per second per client (open loop); repeat for several loads (default 0.25, 0.5, 1)")
     parser.add_argument("--saturate", action="store_true", help="also run closed-loop phases")
     parser.add_argument("--database-url", help="default: a fresh PostgreSQL database on 127.0.0.1:5432")
-    parser.add_argument("--ingress", choices=["direct", "proxy"], default="direct",
-                        help="cortx-workflow serve --ingress: the replica answers itself (default) or via Serve's proxy")
+    parser.add_argument("--ingress", choices=["direct", "proxy"], default="proxy",
+                        help="cortx-workflow serve --ingress: Serve's proxy (its default) or the replica itself")
     args = parser.parse_args()
     rates = args.rate or [0.25, 0.5, 1.0]
 

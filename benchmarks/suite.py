@@ -34,7 +34,7 @@ Workloads (``--quick`` sizes in brackets):
 * W4 start: ``WorkflowClient.start`` of a one-step pack, one at a time, 200 times [50]; and
   HTTP ``POST /v1/workflows/execute`` with one client (``benchmarks/api_latency.py
   --clients 1``, which starts ``cortx-workflow serve`` in a child process before this
-  suite starts its Ray).
+  suite starts its Ray), once through Serve's proxy and once with direct ingress.
 * W5 loop: one for-each over 10,000 [1,000] items, ``max_concurrency: 100``, body one step;
   then 100,000 [5,000] items; items per second and peak RSS (all processes, and the host).
   A run still going after ``--w5-limit-s`` s (default 300) is reported with the items it
@@ -610,8 +610,11 @@ def w4(engines: dict[str, Engine], quick: bool) -> dict[str, Any]:
     return out
 
 
-def w4_http(quick: bool) -> dict[str, Any]:
-    """HTTP execute, one client, via benchmarks/api_latency.py (its own service and database)."""
+def w4_http(quick: bool, ingress: str) -> dict[str, Any]:
+    """HTTP execute, one client, via benchmarks/api_latency.py (its own service and database).
+
+    ``ingress``: ``cortx-workflow serve --ingress`` (``proxy`` or ``direct``).
+    """
     target = RESULTS / "api_latency.json"
     backup = target.read_bytes() if target.exists() else None
     # 2 a second: each request is alone in the service (the goal is for one client at a time)
@@ -619,7 +622,7 @@ def w4_http(quick: bool) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "api_latency.py"), "--clients", "1",
-             "--requests", str(requests), "--rate", str(rate)],
+             "--requests", str(requests), "--rate", str(rate), "--ingress", ingress],
             cwd=ROOT, capture_output=True, text=True, timeout=900,
         )
         if proc.returncode != 0:
@@ -880,10 +883,11 @@ def table(results: dict[str, Any]) -> list[tuple[str, ...]]:
         x = results["W4"]
         add("W4", "driver start p50 ms", g(x, "durable", "p50_ms"), g(x, "memory", "p50_ms"), None, None, "< 5")
         add("W4", "driver start p99 ms", g(x, "durable", "p99_ms"), g(x, "memory", "p99_ms"), None, None)
-    if "W4_http" in results:
-        x = results["W4_http"]
-        add("W4", "HTTP execute p50 ms (1 client)", g(x, "execute", "p50_ms"), None, None, None, "< 15")
-        add("W4", "HTTP execute p99 ms (1 client)", g(x, "execute", "p99_ms"), None, None, None)
+    for ingress in ("proxy", "direct"):
+        if f"W4_http_{ingress}" in results:
+            x = results[f"W4_http_{ingress}"]
+            add("W4", f"HTTP execute p50 ms (1 client, {ingress})", g(x, "execute", "p50_ms"), None, None, None, "< 15")
+            add("W4", f"HTTP execute p99 ms (1 client, {ingress})", g(x, "execute", "p99_ms"), None, None, None)
     if "W5" in results:
         x = results["W5"]
         small, big = (str(s) for s in x["sizes"])
@@ -960,13 +964,13 @@ def main() -> None:
     meta = {"started": datetime.now().isoformat(timespec="seconds"), "quick": args.quick, "hosts": args.hosts,
             "cpus": os.cpu_count(), "memory_gb": gb(psutil.virtual_memory().total), "python": platform.python_version(),
             "load_average_at_start": os.getloadavg()}
-    if "W4" in only and not args.no_http:
-        log("W4 over HTTP (api_latency.py --clients 1; its own service and database)")
+    for ingress in ("proxy", "direct") if "W4" in only and not args.no_http else ():
+        log(f"W4 over HTTP, --ingress {ingress} (api_latency.py --clients 1; its own service and database)")
         try:
-            results["W4_http"] = w4_http(args.quick)
+            results[f"W4_http_{ingress}"] = w4_http(args.quick, ingress)
         except Exception as exc:  # noqa: BLE001 - reported in the table, the rest still runs
-            results["W4_http"] = {"error": f"{type(exc).__name__}: {str(exc)[:2000]}"}
-        log(f"W4 http: {json.dumps(results['W4_http'])[:300]}")
+            results[f"W4_http_{ingress}"] = {"error": f"{type(exc).__name__}: {str(exc)[:2000]}"}
+        log(f"W4 http {ingress}: {json.dumps(results[f'W4_http_{ingress}'])[:300]}")
 
     import ray
 

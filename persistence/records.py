@@ -175,7 +175,8 @@ class ExecutionRecord:
         context: the engine's saved evaluation context (JSON object), for resuming.
         isolation: one of :data:`ISOLATION_MODES`.
         current_step: step key being worked on, e.g. ``"process-items[3]/validate-item"``.
-        completed_steps: step keys in completion order, each at most once.
+        completed_steps: keys of the completed steps outside loop bodies, in completion order,
+            each at most once (loop iterations are in the checkpoints only; docs/api.md).
         outputs: the workflow's outputs once completed.
         error: one-line failure message.
         error_detail: structured failure, e.g. ``{"step", "kind", "message", "attempts"}``.

@@ -99,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--namespace", default="cortx", help="Ray namespace of the ExecutionHosts (default cortx)")
     serve.add_argument(
         "--ingress", choices=["direct", "proxy"],
-        help="who listens on --port: the API replica itself (direct, the default with a local Ray) or "
-             "Serve's HTTP proxy (proxy, the default and only choice with --address); see docs/deploy.md",
+        default="proxy",
+        help="who listens on --port: Serve's HTTP proxy (proxy, the default) or, with the local Ray this command "
+             "starts, the API replica itself (direct: lower latency, experimental in Ray); see docs/api.md",
     )
     return parser
 
@@ -404,7 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from actors.driver import WorkflowClient
     from serve_app.auth import ApiSettings, is_loopback
-    from serve_app.ingress import direct_ingress_environment
+    from serve_app.ingress import ingress_environment
 
     api_settings = ApiSettings.from_env()
     if not api_settings.keyring.enabled and not is_loopback(args.host):
@@ -415,7 +416,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.port <= 65535:
         raise ConfigurationError("--port", args.port, "must be a TCP port from 1 to 65535")
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
+    # "local" asks ray.init for a new local Ray, as no address does.
+    local_ray = (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    if local_ray:
         # A local Ray: the API binds here, so a busy port is reported now, not as a hang.
         try:
             family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -426,18 +429,17 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})"
             ) from None
-    local_ray = not (args.address or os.environ.get("RAY_ADDRESS"))
-    ingress = args.ingress or ("direct" if local_ray else "proxy")
     proxy_port = args.port
-    if ingress == "direct":
-        if not local_ray:
-            raise ConfigurationError(
-                "--ingress", "direct",
-                "needs a local Ray (Ray reads its direct-ingress settings when the cluster starts); with --address "
-                "use --ingress proxy, or start the cluster as docs/deploy.md says",
-            )
-        proxy_port = _free_port(args.host)
-        os.environ.update(direct_ingress_environment(args.port))  # before Ray starts: its processes inherit it
+    if local_ray:  # before Ray starts: its processes inherit the environment
+        if args.ingress == "direct":
+            proxy_port = _free_port(args.host)
+        os.environ.update(ingress_environment(args.port if args.ingress == "direct" else None))
+    elif args.ingress == "direct":
+        raise ConfigurationError(
+            "--ingress", "direct",
+            "needs the local Ray this command starts (Ray reads its direct-ingress settings when its processes "
+            "start); with --address or RAY_ADDRESS use --ingress proxy",
+        )
     registry = args.services or os.environ.get("CORTX_SERVICE_REGISTRY")
     client = WorkflowClient.from_env(registry_path=registry, ray_address=args.address, namespace=args.namespace)
     if not client.settings.state_persistence_enabled:

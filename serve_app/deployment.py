@@ -155,7 +155,7 @@ def run_until_interrupted(
         host, port: where the API answers.
         proxy_port: where Serve's HTTP proxy listens; ``port`` (the default) when the proxy
             is the API's way in; another port when Ray was started with
-            :func:`serve_app.ingress.direct_ingress_environment` and the replica takes ``port``.
+            :func:`serve_app.ingress.ingress_environment` for ``port`` and the replica takes it.
         resume: called once before serving (``WorkflowClient.resume_unfinished``).
         announce: receives one-line progress messages.
         stop: an event that ends serving (tests); signals end it too.
@@ -173,7 +173,8 @@ def run_until_interrupted(
         )
         mode = "API keys required" if api_settings.keyring.enabled else "development mode: no authentication"
         way_in = f"direct ingress; Serve's proxy on port {proxy_port}" if direct else "through Serve's proxy"
-        announce(f"CORTX Workflow API listening on http://{host}:{port} ({mode}; {way_in}); Ctrl-C stops")
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 address in a URL is bracketed
+        announce(f"CORTX Workflow API listening on http://{authority} ({mode}; {way_in}); Ctrl-C stops")
         done = stop or threading.Event()
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():

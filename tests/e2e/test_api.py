@@ -495,8 +495,8 @@ def test_execute_and_status_through_the_ray_serve_proxy(ray_session: None, demo_
 def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_ctrl_c(
     demo_services: Any, tmp_path: Path, ingress: str
 ) -> None:
-    """The real command in a new process: its own Ray, resume at start, the replica (direct
-    ingress, the default) or Serve's proxy on --port, SIGINT."""
+    """The real command in a new process: its own Ray, resume at start, Serve's proxy (the
+    default) or the replica itself (direct ingress) on --port, SIGINT."""
     import os
     import re
     import signal
@@ -528,8 +528,13 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
            "CORTX_API_KEYS": f"{ADMIN}:admin", "CORTX_EXECUTION_HOSTS": "1"}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port), "--namespace", f"cli-{uuid.uuid4().hex[:6]}"]
-    if ingress == "proxy":
-        command += ["--ingress", "proxy"]  # direct is the default with a local Ray
+    if ingress == "direct":
+        command += ["--ingress", "direct"]  # the proxy is the default
+    else:
+        # Inherited direct-ingress settings are switched off for the proxy: left on, the
+        # replica would try to take the proxy's port and the deployment would fail.
+        env.update(RAY_SERVE_ENABLE_DIRECT_INGRESS="1", RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(port),
+                   RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(port + 1))
     # Started as a shell script starts a background job (`cortx-workflow serve &`): with
     # SIGINT ignored. The command must still stop on it.
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
