@@ -423,16 +423,17 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Bind as the listener will: Serve's proxy sets SO_REUSEADDR, a direct-ingress
+                # replica does not, so a port still in TIME_WAIT is refused here, not later.
+                if args.ingress != "direct":
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((args.host, args.port))
         except OSError as exc:
+            wait = " (closed connections hold it up to a minute for --ingress direct)" if args.ingress == "direct" else ""
             raise ConfigurationError(
-                "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})"
+                "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}){wait}"
             ) from None
-    proxy_port = args.port
-    if local_ray:  # before Ray starts: its processes inherit the environment
-        if args.ingress == "direct":
-            proxy_port = _free_port(args.host)
+        # Set before Ray starts: its processes inherit the environment.
         os.environ.update(ingress_environment(args.port if args.ingress == "direct" else None))
     elif args.ingress == "direct":
         raise ConfigurationError(
@@ -452,7 +453,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         run_until_interrupted(
             client.settings, client.registry, api_settings, host=args.host, port=args.port,
-            proxy_port=proxy_port, namespace=args.namespace, resume=client.resume_unfinished,
+            proxy_port=_free_port(args.host) if args.ingress == "direct" else args.port,
+            namespace=args.namespace, resume=client.resume_unfinished,
             announce=lambda line: print(line, flush=True),
         )
     finally:

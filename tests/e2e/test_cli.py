@@ -156,6 +156,27 @@ def test_status_does_not_create_a_database(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_serve_with_direct_ingress_refuses_a_port_held_by_closed_connections() -> None:
+    # Ray binds a direct-ingress replica without SO_REUSEADDR: a port whose server side
+    # still holds connections in TIME_WAIT would fail the deployment after Ray started.
+    # The command's probe binds the same way and says so at once.
+    import socket
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server side closes first: it is the one left in TIME_WAIT
+            client.recv(1)
+    result = cli("serve", "--port", str(port), "--ingress", "direct", env={"CORTX_API_KEYS": ""}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"--port={port}" in result.stderr and "up to a minute for --ingress direct" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_busy_port_is_a_clear_error(demo_services: Any) -> None:
     result = cli("demo-services", "--port", str(demo_services.port), timeout=60)
     assert result.returncode == 1
