@@ -80,6 +80,16 @@ def summary(name: str, latencies_ms: list[float], errors: Counter[str], wall_s: 
     }
 
 
+def error_kind(answer: Any) -> str:
+    """``"<status> <problem type>"`` of a failed answer (``"503 database_unavailable"``), or the status alone."""
+    try:
+        problem = answer.json()
+    except ValueError:
+        problem = None
+    kind = problem.get("type") if isinstance(problem, dict) else None
+    return f"{answer.status_code} {kind}" if kind else str(answer.status_code)
+
+
 async def load(
     base_url: str, key: str, clients: int, requests: int, rate: float | None, make_request: Any
 ) -> tuple[list[float], Counter[str], float, list[Any]]:
@@ -122,8 +132,7 @@ async def load(
                     continue
                 latencies.append((time.perf_counter() - sent) * 1000)
                 if answer.status_code >= 400:
-                    problem = answer.json() if answer.headers.get("content-type", "").endswith("json") else {}
-                    errors[f"{answer.status_code} {problem.get('type', '') if isinstance(problem, dict) else ''}".strip()] += 1
+                    errors[error_kind(answer)] += 1
                 else:
                     bodies.append(answer.json())
 

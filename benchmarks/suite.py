@@ -610,6 +610,10 @@ def w4(engines: dict[str, Engine], quick: bool) -> dict[str, Any]:
     return out
 
 
+HTTP_INGRESSES = ("proxy", "direct")
+"""``cortx-workflow serve --ingress`` values W4 measures over HTTP, each a table row."""
+
+
 def w4_http(quick: bool, ingress: str) -> dict[str, Any]:
     """HTTP execute, one client, via benchmarks/api_latency.py (its own service and database).
 
@@ -883,7 +887,7 @@ def table(results: dict[str, Any]) -> list[tuple[str, ...]]:
         x = results["W4"]
         add("W4", "driver start p50 ms", g(x, "durable", "p50_ms"), g(x, "memory", "p50_ms"), None, None, "< 5")
         add("W4", "driver start p99 ms", g(x, "durable", "p99_ms"), g(x, "memory", "p99_ms"), None, None)
-    for ingress in ("proxy", "direct"):
+    for ingress in HTTP_INGRESSES:
         if f"W4_http_{ingress}" in results:
             x = results[f"W4_http_{ingress}"]
             add("W4", f"HTTP execute p50 ms (1 client, {ingress})", g(x, "execute", "p50_ms"), None, None, None, "< 15")
@@ -964,7 +968,7 @@ def main() -> None:
     meta = {"started": datetime.now().isoformat(timespec="seconds"), "quick": args.quick, "hosts": args.hosts,
             "cpus": os.cpu_count(), "memory_gb": gb(psutil.virtual_memory().total), "python": platform.python_version(),
             "load_average_at_start": os.getloadavg()}
-    for ingress in ("proxy", "direct") if "W4" in only and not args.no_http else ():
+    for ingress in HTTP_INGRESSES if "W4" in only and not args.no_http else ():
         log(f"W4 over HTTP, --ingress {ingress} (api_latency.py --clients 1; its own service and database)")
         try:
             results[f"W4_http_{ingress}"] = w4_http(args.quick, ingress)

@@ -453,7 +453,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         run_until_interrupted(
             client.settings, client.registry, api_settings, host=args.host, port=args.port,
-            proxy_port=_free_port(args.host) if args.ingress == "direct" else args.port,
+            proxy_port=_free_port(args.host) if args.ingress == "direct" else None,
             namespace=args.namespace, resume=client.resume_unfinished,
             announce=lambda line: print(line, flush=True),
         )

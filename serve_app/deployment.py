@@ -153,8 +153,8 @@ def run_until_interrupted(
 
     Args:
         host, port: where the API answers.
-        proxy_port: where Serve's HTTP proxy listens; ``port`` (the default) when the proxy
-            is the API's way in; another port when Ray was started with
+        proxy_port: None (the default): Serve's HTTP proxy listens on ``port``. Else the
+            proxy's port, when Ray was started with
             :func:`serve_app.ingress.ingress_environment` for ``port`` and the replica takes it.
         resume: called once before serving (``WorkflowClient.resume_unfinished``).
         announce: receives one-line progress messages.
@@ -163,8 +163,8 @@ def run_until_interrupted(
     warm_hosts(settings, registry, namespace)
     resumed = resume()
     announce(f"resumed {len(resumed)} unfinished run(s)")
-    direct = proxy_port is not None and proxy_port != port
-    serve.start(http_options={"host": host, "port": proxy_port if direct else port})
+    direct = proxy_port is not None
+    serve.start(http_options={"host": host, "port": port if proxy_port is None else proxy_port})
     try:
         serve.run(
             build_application(settings, registry, api_settings=api_settings, namespace=namespace),
