@@ -367,11 +367,16 @@ class Backend:
         """
         record = await self.record(execution_id)
         stored = await self.stored_events(record.execution_id, after)
+        if stored is None:
+            live = await self.host_events(record.execution_id, record.isolation, after, 0.0)
+            if live is not None and live["events"]:
+                # The host's first event comes after its claim committed the run's first
+                # outbox event: a run claimed between the two reads has its outbox now.
+                stored = await self.stored_events(record.execution_id, after)
         if stored is not None:  # the outbox (persistence.outbox): durable, seq gap-free across restarts
             events, more = stored[:MAX_EVENTS_PER_READ], len(stored) > MAX_EVENTS_PER_READ
             return {"execution_id": record.execution_id, "status": record.status, "source": "outbox",
                     "done": record.is_terminal and not more, "more": more, "events": events}
-        live = await self.host_events(record.execution_id, record.isolation, after, 0.0)
         if live is not None and live["done"] and not record.is_terminal:
             record = await self.record(execution_id)  # it ended since it was read
         if live is not None and (live["done"] or not record.is_terminal):
