@@ -434,7 +434,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "--port", args.port, f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}){wait}"
             ) from None
         # Set before Ray starts: its processes inherit the environment.
-        os.environ.update(ingress_environment(args.port if args.ingress == "direct" else None))
+        os.environ.update(ingress_environment(args.port if args.ingress == "direct" else None, os.environ))
     elif args.ingress == "direct":
         raise ConfigurationError(
             "--ingress", "direct",

@@ -135,6 +135,12 @@ def ray_session() -> Iterator[None]:
     from actors.settings import Settings
 
     if not ray.is_initialized():
+        # Serve's data path as `cortx-workflow serve` and the cluster configs set it, so the
+        # Serve-tier tests go through the path that is shipped (Ray reads it at start).
+        from serve_app.ingress import DATA_PATH_SETTINGS
+
+        for name, value in DATA_PATH_SETTINGS.items():
+            os.environ.setdefault(name, value)
         ray.init(
             include_dashboard=False,
             namespace=f"cortx-test-{uuid.uuid4().hex[:6]}",

@@ -126,3 +126,21 @@ def test_the_head_starts_serve_with_the_cli(name: str) -> None:
     words = shlex.split(commands[serve].split("cortx-workflow serve", 1)[1].split(">", 1)[0])
     args = _parser().parse_args(["serve", *words])
     assert (args.address, args.host, args.port) == ("auto", "0.0.0.0", 8000)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_ray_start_exports_serves_data_path_settings_before_the_env_file(name: str) -> None:
+    # Ray reads them when its processes start: the cluster's proxies and replicas must run the
+    # data path `cortx-workflow serve` sets locally (serve_app/ingress.py), and a value in
+    # cortx.env (read after) can still override one.
+    from serve_app.ingress import DATA_PATH_SETTINGS
+
+    config = _load(name)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts, key
+        for command in starts:
+            exports = command.split("&&", 1)[0].split()
+            assert exports[0] == "export", command
+            assert dict(word.split("=", 1) for word in exports[1:]) == dict(DATA_PATH_SETTINGS), command
+            assert command.index("export RAY_SERVE") < command.index(". ~/cortx.env") < command.index("ray start")

@@ -139,3 +139,13 @@ def test_the_registry_configmap_loads_and_is_where_the_settings_look(service: di
             config_map = maps[volumes[mount["name"]]["configMap"]["name"]]
             registry = ServiceRegistry.from_mapping(yaml.safe_load(config_map["data"][file_name]), file_name)
             assert {"validation", "compliance", "ledger"} <= set(registry.names())
+
+
+def test_every_pod_runs_serves_data_path_settings(service: dict[str, Any]) -> None:
+    # The data path `cortx-workflow serve` sets for its local Ray (serve_app/ingress.py):
+    # Ray reads it when the pod's Ray processes start.
+    from serve_app.ingress import DATA_PATH_SETTINGS
+
+    for container in _containers(service):
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert {name: env.get(name) for name in DATA_PATH_SETTINGS} == dict(DATA_PATH_SETTINGS), container["name"]
