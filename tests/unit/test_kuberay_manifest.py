@@ -149,3 +149,12 @@ def test_every_pod_runs_serves_data_path_settings(service: dict[str, Any]) -> No
     for container in _containers(service):
         env = {item["name"]: item.get("value") for item in container["env"]}
         assert {name: env.get(name) for name in DATA_PATH_SETTINGS} == dict(DATA_PATH_SETTINGS), container["name"]
+
+
+def test_serve_config_yaml_names_every_data_path_setting_with_its_value() -> None:
+    # `serve deploy` cannot set them (Ray reads them before the config arrives): its comment
+    # tells the operator what to export, and must say what `cortx-workflow serve` sets.
+    from serve_app.ingress import DATA_PATH_SETTINGS
+
+    text = (ROOT / "serve_app" / "serve-config.yaml").read_text()
+    assert [f"{name}={value}" for name, value in DATA_PATH_SETTINGS.items() if f"{name}={value}" not in text] == []
