@@ -6,15 +6,18 @@ of its own thread in the proxy, and the replica runs the app on a second thread'
 Measured here (docs/performance.md, "HTTP API"), status took p50 15 ms / p99 43 ms at 25
 requests a second from 100 clients, 21 / 105 at 50, and execute 28 / 117 at 25.
 
-:data:`DATA_PATH_SETTINGS` are the settings Ray Serve documents together as its
-throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, Ray 2.56 and later), except
-direct ingress: the proxy reaches the replica over gRPC (the replica's inter-deployment
-gRPC server, which Serve starts in every replica anyway), the proxy's router and the
-replica's app run on the process's main event loop, and Serve's request logs go to its
-log files (``logs/serve/`` of the Ray session), buffered, not to the processes' stderr.
-The API is all ``async`` (asyncpg, aiosqlite, ``asyncio.to_thread`` for blocking Ray
-calls), so nothing it does blocks the loop it now shares with Serve. With them the same
-loads answer in about half the time (docs/performance.md).
+:data:`DATA_PATH_SETTINGS` are the data-path part of what Ray Serve documents as its
+throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, Ray 2.56 and later): the
+proxy reaches the replica over gRPC (the replica's inter-deployment gRPC server, which
+Serve starts in every replica anyway), and the proxy's router and the replica's app run on
+the process's main event loop. The API is all ``async`` (asyncpg, aiosqlite,
+``asyncio.to_thread`` for blocking Ray calls), so nothing it does blocks the loop it now
+shares with Serve. With them the same loads answer in about half the time
+(docs/performance.md, "HTTP latency"). Two parts of that mode are left out on purpose:
+direct ingress (below), and its logging (``RAY_SERVE_LOG_TO_STDERR=0`` makes Serve replace
+the replica's stderr with a logger, which re-logged the API's own error lines at INFO and
+broke up their tracebacks; ``RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000`` held request
+log lines in memory until a thousand had come, and lost the rest at a stop).
 
 With *direct ingress* (Ray Serve 2.60, ``RAY_SERVE_ENABLE_DIRECT_INGRESS``) the ingress
 replica runs its own HTTP server and answers on it, without the proxy hop. It is opt-in
@@ -41,13 +44,11 @@ __all__ = ["DATA_PATH_SETTINGS", "ingress_environment"]
 
 #: Ray Serve's data-path settings the API is measured and tested with (see the module
 #: docstring). A value the caller's environment already has wins (e.g.
-#: ``RAY_SERVE_LOG_TO_STDERR=1`` while debugging).
+#: ``RAY_SERVE_USE_GRPC_BY_DEFAULT=0`` to compare with Serve's default path).
 DATA_PATH_SETTINGS: Final[Mapping[str, str]] = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
 
 

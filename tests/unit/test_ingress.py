@@ -15,9 +15,9 @@ def test_the_proxy_gets_the_data_path_settings_and_direct_ingress_off() -> None:
 
 
 def test_a_data_path_setting_the_caller_already_has_is_left_to_the_caller() -> None:
-    env = ingress_environment(None, {"RAY_SERVE_LOG_TO_STDERR": "1"})
-    assert "RAY_SERVE_LOG_TO_STDERR" not in env
-    assert set(env) >= set(DATA_PATH_SETTINGS) - {"RAY_SERVE_LOG_TO_STDERR"}
+    env = ingress_environment(None, {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"})
+    assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" not in env
+    assert set(env) >= set(DATA_PATH_SETTINGS) - {"RAY_SERVE_USE_GRPC_BY_DEFAULT"}
 
 
 def test_direct_ingress_takes_exactly_the_port_without_pauses() -> None:
