@@ -236,27 +236,47 @@ class WorkflowClient:
     def connect(self) -> None:
         """Join Ray: ``ray_address``, else ``RAY_ADDRESS``, else a new local instance.
 
+        No address (or ``local``) always starts a new local Ray, with
+        :func:`local_ray_system_config`, even when a cluster started with ``ray start``
+        runs on the same machine (Ray's own ``ray.init()`` would join that one instead); join
+        it with ``auto`` or its address.
+
         Raises:
             ConfigurationError: (``RAY_ADDRESS``) a ``host:port`` address where nothing
-                listens; said within :data:`RAY_CONNECT_PROBE_S` s, where ``ray.init`` would
-                keep trying for minutes.
+                listens, said within :data:`RAY_CONNECT_PROBE_S` s, where ``ray.init`` would
+                keep trying for minutes; or a cluster that refused the connection (e.g. one
+                with token authentication, joined without ``RAY_AUTH_MODE=token``).
         """
         import ray
 
         if ray.is_initialized():
             return
-        address = self._ray_address or os.environ.get("RAY_ADDRESS") or None
-        if address:
+        address = self._ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        local = address == "local"
+        if not local:
             probe_ray_address(address)
-        ray.init(
-            address=address,
-            namespace=self._namespace,
-            include_dashboard=False if address is None else None,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=True,
-            **({} if address else {"_system_config": local_ray_system_config(self.settings.step_task_num_cpus)}),
-        )
+        try:
+            ray.init(
+                address=address,
+                namespace=self._namespace,
+                include_dashboard=False if local else None,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=True,
+                **({"_system_config": local_ray_system_config(self.settings.step_task_num_cpus)} if local else {}),
+            )
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            if local:
+                raise
+            from dsl.errors import ConfigurationError
+
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigurationError(
+                "RAY_ADDRESS", address,
+                f"cannot join this Ray cluster ({first}); if it uses token authentication (Ray turns it on at "
+                "`ray start` when ~/.ray/auth_token exists), set RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or use RAY_ADDRESS=auto on the cluster's own machine",
+            ) from None
 
     def _host(self, execution_id: str, isolation: str) -> Any:
         from actors.host import get_host

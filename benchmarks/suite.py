@@ -998,7 +998,7 @@ def main() -> None:
 
         from actors.driver import local_ray_system_config
 
-        ray.init(include_dashboard=False, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
+        ray.init(address="local", include_dashboard=False, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
                  _system_config=local_ray_system_config(settings.step_task_num_cpus))
 
     def save() -> None:

@@ -142,6 +142,7 @@ def ray_session() -> Iterator[None]:
         for name, value in DATA_PATH_SETTINGS.items():
             os.environ.setdefault(name, value)
         ray.init(
+            address="local",  # never a cluster `ray start` left recorded on the machine
             include_dashboard=False,
             namespace=f"cortx-test-{uuid.uuid4().hex[:6]}",
             log_to_driver=False,

@@ -73,6 +73,32 @@ def test_run_shows_each_step_as_it_starts_and_ends(registry_file: Path, tmp_path
     assert ": completed in" in run.stdout
 
 
+@pytest.mark.timeout(300)
+def test_run_starts_its_own_ray_when_a_started_cluster_is_recorded_on_the_machine(registry_file: Path) -> None:
+    # `ray start` records its cluster in <RAY_TMPDIR>/ray/ray_current_cluster, and a plain
+    # ray.init() joins whatever is recorded there (here: nothing listens, as after a crash).
+    # With no RAY_ADDRESS the command must start a local Ray of its own, as documented.
+    import socket
+    import tempfile
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        recorded = f"127.0.0.1:{sock.getsockname()[1]}"
+    temp = tempfile.mkdtemp(prefix="cxrc")  # short: Ray's socket paths live below it
+    try:
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text(recorded)
+        run = cli("run", "examples/loan-approval.yaml", "--inputs", "examples/loan-approval.inputs.json", "--json",
+                  "--services", str(registry_file),
+                  env={"RAY_TMPDIR": temp, "DATABASE_URL": f"sqlite+aiosqlite:///{temp}/rc.db"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout)["status"] == "completed"
+    finally:
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def test_validate_accepts_the_example() -> None:
     result = cli("validate", "examples/loan-approval.yaml")
     assert result.returncode == 0 and "valid" in result.stdout

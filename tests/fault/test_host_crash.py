@@ -134,7 +134,7 @@ def test_whole_ray_shutdown_then_resume_unfinished(
         namespace = context.namespace
         ray.shutdown()  # every host and task is gone; the database keeps the runs
         ray.init(
-            include_dashboard=False, namespace=namespace, log_to_driver=False, num_cpus=4,
+            address="local", include_dashboard=False, namespace=namespace, log_to_driver=False, num_cpus=4,
             _system_config=local_ray_system_config(client.settings.step_task_num_cpus, num_cpus=4),
         )
         fresh = WorkflowClient(client.settings, client.registry, namespace=client._namespace)
