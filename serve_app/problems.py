@@ -223,11 +223,26 @@ def problem_response(request: Request, exc: BaseException) -> JSONResponse:
         log.error("database error answering %s %s: %s", request.method, instance, type(exc).__name__)
         return problem(503, "database_unavailable", "the database did not answer; try again", instance=instance,
                        title="Database unavailable", headers={"Retry-After": "1"})
+    if _is_ray_actor_error(exc):
+        # A Ray actor died under the request: a host between its lookup and the call, or
+        # Serve's own proxy when the service stops with a request (an event stream) open.
+        log.warning("a Ray actor died answering %s %s: %s", request.method, instance, type(exc).__name__)
+        return problem(503, "engine_unavailable", "a part of the workflow engine went away; try again",
+                       instance=instance, title="Workflow engine unavailable", headers={"Retry-After": "1"})
     if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return problem(exc.status_code, code, str(exc.detail), instance=instance, headers=dict(exc.headers or {}) or None)
     log.error("internal error answering %s %s", request.method, instance, exc_info=exc)
     return problem(500, "internal_error", "an unexpected error occurred; it has been logged", instance=instance)
+
+
+def _is_ray_actor_error(exc: BaseException) -> bool:
+    """True for Ray's ``RayActorError`` family (``ActorDiedError``, ``ActorUnavailableError``...)."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return False
+    return isinstance(exc, RayActorError)
 
 
 def register_problem_handler(app: Any) -> None:
