@@ -569,7 +569,7 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
     visible = _visible_steps(pack)
     all_ids = {step.id for _, step, _ in all_steps(pack)}
 
-    def check_refs(pointer: str, refs: Iterable[str], allowed: set[str], where: str) -> None:
+    def check_refs(pointer: str, refs: Iterable[str], allowed: StepSet | set[str], where: str) -> None:
         for ref in sorted(set(refs)):
             if ref not in all_ids:
                 issues.append(ValidationIssue("unknown_step_reference", pointer, f"{where} refers to unknown step {ref!r}"))
@@ -583,7 +583,7 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
                     )
                 )
 
-    def check_expr(pointer: str, text: str, allowed: set[str], where: str) -> None:
+    def check_expr(pointer: str, text: str, allowed: StepSet | set[str], where: str) -> None:
         try:
             expr = parse_expression(text)
         except ExpressionError as exc:
@@ -591,7 +591,7 @@ def _expression_issues(pack: WorkflowPack) -> list[ValidationIssue]:
             return
         check_refs(pointer, expr.step_references(), allowed, where)
 
-    def check_template(pointer: str, value: Any, allowed: set[str], where: str) -> None:
+    def check_template(pointer: str, value: Any, allowed: StepSet | set[str], where: str) -> None:
         # Compiled string by string, so a syntax error points at the string it is in.
         for sub_pointer, text in _strings(value, pointer):
             try:
@@ -697,55 +697,106 @@ def _exported(step: Step) -> set[str]:
     return out
 
 
-def _visible_steps(pack: WorkflowPack) -> dict[str, set[str]]:
+class StepSet:
+    """An immutable set of step ids stored as a bit mask over the pack's ids.
+
+    The steps visible before each step are, in a chain of ``n`` steps, ``n`` sets of up to
+    ``n`` ids: as Python sets that is quadratic in time and memory (a 1 MB pack of 15,000
+    chained steps took 46 s and gigabytes). As masks each union is ``n / 64`` machine
+    words. Supports ``in`` and ``|`` with another StepSet or any iterable of ids.
+    """
+
+    __slots__ = ("_index", "_mask")
+
+    def __init__(self, index: dict[str, int], mask: int = 0) -> None:
+        self._index = index
+        self._mask = mask
+
+    def mask_of(self, ids: Iterable[str]) -> int:
+        """The mask of ``ids`` (ids not in the pack are ignored)."""
+        mask = 0
+        for step_id in ids:
+            position = self._index.get(step_id)
+            if position is not None:
+                mask |= 1 << position
+        return mask
+
+    def __contains__(self, step_id: object) -> bool:
+        position = self._index.get(step_id) if isinstance(step_id, str) else None
+        return position is not None and bool(self._mask >> position & 1)
+
+    def __or__(self, other: StepSet | Iterable[str]) -> StepSet:
+        mask = other._mask if isinstance(other, StepSet) else self.mask_of(other)
+        return StepSet(self._index, self._mask | mask)
+
+
+def _visible_steps(pack: WorkflowPack) -> dict[str, StepSet]:
     """For each step, the steps guaranteed to have finished (or been skipped) before it starts.
 
     Those are, for the step and each of its ancestors, the transitive sibling dependencies
     together with everything nested in them; a fallback or compensation step also sees the
-    step it belongs to.
+    step it belongs to. Computed without recursion over dependencies (a chain of thousands
+    of steps is fine) and as bit masks (:class:`StepSet`).
     """
-    result: dict[str, set[str]] = {}
-    every_id = {step.id for _, step, _ in all_steps(pack)}
+    ids = [step.id for _, step, _ in all_steps(pack)]
+    index = {step_id: position for position, step_id in enumerate(dict.fromkeys(ids))}
+    empty = StepSet(index)
+    every_id = StepSet(index, (1 << len(index)) - 1)
+    exported: dict[int, int] = {}  # id(step) -> mask of _exported(step)
 
-    def closure(steps: list[Step]) -> dict[str, set[str]]:
+    def exported_mask(step: Step) -> int:
+        key = id(step)
+        if key not in exported:
+            exported[key] = empty.mask_of(_exported(step))
+        return exported[key]
+
+    def closure(steps: list[Step]) -> dict[str, int]:
         by_id = {s.id: s for s in steps}
-        memo: dict[str, set[str]] = {}
+        memo: dict[str, int] = {}
+        for root in steps:
+            if root.id in memo:
+                continue
+            # Depth-first, post-order, with an explicit stack; an edge back into the path
+            # (a cycle, reported by the dependency checks) is ignored, as it cannot finish first.
+            path = {root.id}
+            stack = [(root.id, iter(root.dependencies))]
+            while stack:
+                step_id, pending = stack[-1]
+                for dep in pending:
+                    if dep in by_id and dep not in path and dep not in memo:
+                        path.add(dep)
+                        stack.append((dep, iter(by_id[dep].dependencies)))
+                        break
+                else:
+                    stack.pop()
+                    path.discard(step_id)
+                    mask = 0
+                    for dep in by_id[step_id].dependencies:
+                        if dep in memo and dep != step_id:
+                            mask |= memo[dep] | (1 << index[dep]) | exported_mask(by_id[dep])
+                    memo[step_id] = mask
+        return memo
 
-        def deps(step_id: str, trail: frozenset[str]) -> set[str]:
-            if step_id in memo:
-                return memo[step_id]
-            out: set[str] = set()
-            for dep in by_id[step_id].dependencies:
-                if dep in by_id and dep not in trail:
-                    out.add(dep)
-                    out |= _exported(by_id[dep])
-                    out |= deps(dep, trail | {dep})
-            memo[step_id] = out
-            return out
+    result: dict[str, StepSet] = {}
 
-        return {s.id: deps(s.id, frozenset({s.id})) for s in steps}
-
-    def walk(steps: list[Step], inherited: set[str]) -> None:
+    def walk(steps: list[Step], inherited: StepSet) -> None:
         local = closure(steps)
         for step in steps:
-            seen = inherited | local[step.id]
+            seen = inherited | StepSet(index, local[step.id])
             result[step.id] = seen
             for _, children in step.children():
                 walk(children, seen)
             if step.on_error is not None:
-                handler_view = seen | {step.id} | _exported(step)
+                handler_view = seen | StepSet(index, (1 << index[step.id]) | exported_mask(step))
                 walk(step.on_error.fallback, handler_view)
                 # Compensation undoes whatever completed; an entry usually reads the outputs of
                 # the step it compensates (and runs only if that step completed), so any step
                 # of the run may be referenced.
                 walk(step.on_error.compensate, every_id)
 
-    walk(pack.steps, set())
+    walk(pack.steps, empty)
     if pack.on_error is not None:
-        everything: set[str] = set()
-        for step in pack.steps:
-            everything |= {step.id} | _exported(step)
-        walk(pack.on_error.compensate, everything | every_id)
+        walk(pack.on_error.compensate, every_id)
     return result
 
 

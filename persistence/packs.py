@@ -25,6 +25,8 @@ ties such as ``1.0`` vs ``1.0.0``); otherwise the most recently deployed version
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -105,7 +107,9 @@ async def deploy_pack(
         UnstorableValueError: a string the database cannot store (422).
         PackConflictError: the version exists with a different document (409).
     """
-    loaded = load_pack(text, "<request>", services=services, fmt=fmt, tasks=tasks)
+    # Parsing and validating up to the body limit is CPU work of up to a second: off the
+    # event loop, which in a Serve replica also answers Serve's health checks.
+    loaded = await asyncio.to_thread(load_pack, text, "<request>", services=services, fmt=fmt, tasks=tasks)
     return await save_loaded_pack(store, loaded, text)
 
 

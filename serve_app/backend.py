@@ -185,7 +185,10 @@ class Backend:
             if replay is not None:
                 return replay, True
         record = await resolve_pack(store, request.workflow_pack_id, request.version)
-        loaded = validate_document(
+        # Off the event loop (shared with Serve's health checks): a large pack's first
+        # validation is CPU work of up to a second; later ones hit validate_document's cache.
+        loaded = await asyncio.to_thread(
+            validate_document,
             record.document, f"{record.pack_id}@{record.version}", services=self.registry.names(),
             tasks=TaskPolicy(self.settings.task_modules),  # registered names: checked when the step runs
         )

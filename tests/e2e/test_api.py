@@ -267,6 +267,21 @@ def test_cancel_a_running_execution_then_cancelling_finished_runs_changes_nothin
 
 
 @pytest.mark.timeout(60)
+def test_a_long_chain_listed_backwards_deploys_and_runs(api: Api) -> None:
+    # 1,500 steps, the first listed waiting on all the others: the dependency checks once
+    # recursed a frame per step and answered 500 past Python's recursion limit.
+    n = 1500
+    steps = [{"id": f"s{i}", "type": "emit", "event_type": "chain.step", **({"dependencies": [f"s{i + 1}"]} if i < n - 1 else {})}
+             for i in range(n)]
+    pack = {"id": new_id("chain"), "name": "Chain", "version": "1.0.0", "steps": steps,
+            "outputs": {"first": "${ steps.s0.outputs }"}}
+    with api.client() as client:
+        deployed = client.post("/v1/packs", json=pack)
+        assert deployed.status_code == 201, deployed.text
+        started = client.post("/v1/workflows/execute", json={"workflow_pack_id": pack["id"]})
+        assert started.status_code == 202, started.text
+
+
 def test_invalid_packs_are_422_with_every_issue_pointer_and_line(api: Api) -> None:
     text = "\n".join([
         "id: bad-pack",

@@ -487,3 +487,29 @@ def test_unique_items_keys_are_not_python_int_hashes() -> None:
     with pytest.raises(InputValidationError):
         validate_inputs(pack, {"xs": [*colliding, float(colliding[0])]})
     assert validate_inputs(pack, {"xs": [2**53 + 1, 2.0**53]})  # distinct as JSON numbers
+
+
+@pytest.mark.parametrize("listed", ["in_run_order", "reversed"])
+def test_a_chain_of_thousands_of_steps_is_checked_without_recursion_and_keeps_the_reference_rule(listed: str) -> None:
+    # 3,000 steps, each depending on the one before it, three times Python's recursion
+    # limit deep; listed in run order or the reverse (the first listed then waits on all the
+    # others). The step that runs last may read any step of the chain (each is a transitive
+    # dependency); the step that runs first may read none of them.
+    n = 3000
+    steps: list[dict[str, object]] = []
+    for i in range(n):
+        step: dict[str, object] = {"id": f"s{i}", "type": "emit", "event_type": "a.b"}
+        if i > 0:
+            step["dependencies"] = [f"s{i - 1}"]
+        steps.append(step)
+    first, last = steps[0], steps[-1]
+    listing = steps if listed == "in_run_order" else steps[::-1]
+    last["data"] = {"seen": "${ steps.s0.outputs }"}
+    loaded = validate_document({"id": "chain", "name": "Chain", "version": "1.0.0", "steps": listing}, "chain")
+    assert len(loaded.pack.steps) == n
+
+    first["data"] = {"early": "${ steps.s1.outputs }"}
+    with pytest.raises(PackValidationError) as caught:
+        validate_document({"id": "chain", "name": "Chain", "version": "1.0.1", "steps": listing}, "chain")
+    at = 0 if listed == "in_run_order" else n - 1
+    assert [(i.code, i.pointer) for i in caught.value.issues] == [("step_reference_not_ready", f"/steps/{at}/data/early")]
