@@ -174,6 +174,11 @@ class ExecutionActor:
         except FencedError:
             log.warning("execution %s: another owner took over; stopping", self.execution_id)
             raise
+        finally:
+            # From here on a cancel must not interrupt: a second cancel request used to
+            # cancel the task again in the middle of _finish, which left the run `running`
+            # with nobody hosting it.
+            self._scheduling = False
         return await self._finish(outcome)
 
     def _cancelled_outcome(self, record: ExecutionRecord) -> RunOutcome:
@@ -196,6 +201,8 @@ class ExecutionActor:
         """
         if self.final is not None or self._task is None or self._task.done():
             return False
+        if self._cancel_requested:
+            return True  # asked already: one interruption of the scheduler is all it takes
         self._cancel_requested = True
         if self._scheduling:
             self._task.cancel()

@@ -263,6 +263,37 @@ def test_cancel_a_running_execution_then_cancelling_finished_runs_changes_nothin
         assert_problem(client.post(f"/v1/workflows/executions/{uuid.uuid4()}/cancel"), 404, "execution_not_found")
 
 
+@pytest.mark.timeout(180)
+def test_concurrent_cancels_of_running_runs_all_end_them_cancelled(api: Api, demo_services: Any) -> None:
+    # Several cancels of one run at once: the second used to interrupt the first one's end
+    # of the run, which left it `running` with nobody hosting it (2 runs in 20 here).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_app.demo_services import Fault
+
+    pack_id = new_id("loan")
+    path = "/validation/v1/identity"
+    with api.client() as client, ThreadPoolExecutor(max_workers=4) as pool:
+        assert deploy_yaml(client, loan_pack(pack_id)).status_code == 201
+        demo_services.set_faults([Fault(path=path, hang=True)])
+        ids: list[str] = []
+        try:
+            for _ in range(12):
+                before = demo_services.calls()["by_path"].get(f"POST {path}", 0)
+                execution_id = client.post("/v1/workflows/execute", json={"workflow_pack_id": pack_id, "inputs": LOAN_INPUTS}).json()["execution_id"]
+                deadline = time.monotonic() + 30
+                while demo_services.calls()["by_path"].get(f"POST {path}", 0) <= before and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                answers = list(pool.map(lambda _: client.post(f"/v1/workflows/executions/{execution_id}/cancel"), range(4)))
+                assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+                ids.append(execution_id)
+        finally:
+            demo_services.set_faults([])
+        statuses = {execution_id: wait_for(client, execution_id, {"completed", "failed", "cancelled"}, timeout_s=30)["status"]
+                    for execution_id in ids}
+    assert set(statuses.values()) == {"cancelled"}, statuses
+
+
 # --------------------------------------------------------------------------- error paths
 
 
