@@ -166,7 +166,9 @@ def create_app(
     app.state.backend = backend
     app.state.keyring = keyring
     register_problem_handler(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    # Keys configured: a request with a body is authenticated before its body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes,
+                       authenticate=keyring.authenticate if keyring.enabled else None)
 
     def scope(needed: str | None) -> Callable[[Request], Awaitable[Principal]]:
         async def check(request: Request) -> Principal:  # async: no thread-pool hop per request

@@ -271,23 +271,45 @@ class BodyLimitMiddleware:
     A ``Content-Length`` above the limit is refused before reading; a chunked body is
     counted as it arrives. Accepted bodies are buffered and replayed to the app (they are
     at most ``max_bytes``), so no handler can read past the limit.
+
+    With ``authenticate`` (the keyring's, when API keys are configured), a request that
+    announces a body is authenticated from its headers before the body is read: without a
+    valid key it is answered 401 at once, so a client without a key cannot hold one of the
+    replica's request slots by sending its body slowly. The endpoint still checks the
+    key's scope.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, authenticate: Callable[[str | None], Any] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.authenticate = authenticate
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = None
+        announced = False  # the request says a body follows
+        authorization = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = None
+                announced = announced or declared != 0
+            elif name == b"transfer-encoding":
+                announced = True
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        if announced and self.authenticate is not None:
+            try:
+                self.authenticate(authorization)
+            except ApiError as exc:
+                from starlette.requests import Request
+
+                await problem_response(Request(scope), exc)(scope, receive, send)
+                return
         chunks: list[bytes] = []
         total = 0
         more = True

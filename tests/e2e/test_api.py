@@ -393,6 +393,36 @@ def test_execute_request_errors_are_problems_with_pointers(api: Api) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_request_without_a_key_is_refused_before_its_body_arrives(api: Api) -> None:
+    # A client without a key must not hold a request slot by sending its body slowly: the
+    # answer comes while the body is still outstanding (the socket would otherwise wait).
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api.url)
+    for authorization in (b"", b"Authorization: Bearer not-a-key\r\n"):
+        with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+            sock.sendall(b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+                         + authorization + b"Content-Length: 1000\r\n\r\n{")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b"application/problem+json" in answer and b"www-authenticate: bearer" in answer.lower()
+    # With a key, the same slow start is waited for, and the whole body then gets its answer.
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        body = b'{"workflow_pack_id": "no-such-pack"}'
+        sock.sendall(b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+        time.sleep(0.5)
+        sock.sendall(body[1:])
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+
+
+@pytest.mark.timeout(60)
 def test_no_request_body_produces_a_500(api: Api) -> None:
     bodies: list[bytes] = [
         b"", b"null", b"[]", b"{}", b'"text"', b"1e999", b'{"workflow_pack_id": 1}', b'{"workflow_pack_id": "a\\u0000b"}',
