@@ -314,7 +314,10 @@ class BodyLimitMiddleware:
         total = 0
         more = True
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send, declared)
+            # A client that asked `Expect: 100-continue` has not sent the body: answer now.
+            # Reading it would make the server send `100 Continue` and then wait for it.
+            expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope.get("headers", []))
+            await self._refuse(scope, receive, send, declared, more=not expects)
             return
         while more:
             message = await receive()

@@ -423,6 +423,23 @@ def test_a_request_without_a_key_is_refused_before_its_body_arrives(api: Api) ->
 
 
 @pytest.mark.timeout(60)
+def test_an_oversized_body_announced_with_expect_100_continue_is_refused_without_a_continue(api: Api) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/packs HTTP/1.1\r\nHost: api\r\nContent-Type: application/yaml\r\nExpect: 100-continue\r\n"
+                     + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+@pytest.mark.timeout(60)
 def test_no_request_body_produces_a_500(api: Api) -> None:
     bodies: list[bytes] = [
         b"", b"null", b"[]", b"{}", b'"text"', b"1e999", b'{"workflow_pack_id": 1}', b'{"workflow_pack_id": "a\\u0000b"}',
