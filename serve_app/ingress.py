@@ -3,7 +3,7 @@
 Ray Serve's default data path costs a lot per request on a small machine: the HTTP proxy
 hands every request to the replica as a Ray actor call, the router runs on an event loop
 of its own thread in the proxy, and the replica runs the app on a second thread's loop.
-Measured here (docs/performance.md, "HTTP API"), status took p50 15 ms / p99 43 ms at 25
+Measured here (docs/performance.md, "HTTP latency"), status took p50 15 ms / p99 43 ms at 25
 requests a second from 100 clients, 21 / 105 at 50, and execute 28 / 117 at 25.
 
 :data:`DATA_PATH_SETTINGS` are the data-path part of what Ray Serve documents as its
@@ -11,8 +11,8 @@ throughput-optimized mode (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, Ray 2.56 and late
 proxy reaches the replica over gRPC (the replica's inter-deployment gRPC server, which
 Serve starts in every replica anyway), and the proxy's router and the replica's app run on
 the process's main event loop. The API is all ``async`` (asyncpg, aiosqlite,
-``asyncio.to_thread`` for blocking Ray calls), so nothing it does blocks the loop it now
-shares with Serve. With them the same loads answer in about half the time
+``asyncio.to_thread`` for blocking Ray calls and for pack parsing and validation), so
+nothing it does blocks the loop it now shares with Serve's health checks. With them the same loads answer in about half the time
 (docs/performance.md, "HTTP latency"). Two parts of that mode are left out on purpose:
 direct ingress (below), and its logging (``RAY_SERVE_LOG_TO_STDERR=0`` makes Serve replace
 the replica's stderr with a logger, which re-logged the API's own error lines at INFO and

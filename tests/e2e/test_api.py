@@ -392,50 +392,48 @@ def test_execute_request_errors_are_problems_with_pointers(api: Api) -> None:
         assert_problem(client.delete(f"/v1/packs/{pack_id}/versions/1.0.0"), 405, "method_not_allowed")
 
 
-@pytest.mark.timeout(60)
-def test_a_request_without_a_key_is_refused_before_its_body_arrives(api: Api) -> None:
-    # A client without a key must not hold a request slot by sending its body slowly: the
-    # answer comes while the body is still outstanding (the socket would otherwise wait).
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(api.url)
-    for authorization in (b"", b"Authorization: Bearer not-a-key\r\n"):
-        with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
-            sock.sendall(b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
-                         + authorization + b"Content-Length: 1000\r\n\r\n{")
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                chunk = sock.recv(4096)
-                assert chunk, answer
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-        assert b"application/problem+json" in answer and b"www-authenticate: bearer" in answer.lower()
-    # With a key, the same slow start is waited for, and the whole body then gets its answer.
-    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
-        body = b'{"workflow_pack_id": "no-such-pack"}'
-        sock.sendall(b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:1])
-        time.sleep(0.5)
-        sock.sendall(body[1:])
-        answer = sock.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
-
-
-@pytest.mark.timeout(60)
-def test_an_oversized_body_announced_with_expect_100_continue_is_refused_without_a_continue(api: Api) -> None:
+def _answer_head(api: Api, sent: bytes, later: bytes = b"") -> bytes:
+    """Send raw bytes to the API (then ``later`` after 0.5 s, if any); its answer up to the
+    end of the headers. The socket times out after 20 s: an answer that waits for bytes
+    never sent fails the test."""
     import socket
     from urllib.parse import urlsplit
 
     parts = urlsplit(api.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
-        sock.sendall(b"POST /v1/packs HTTP/1.1\r\nHost: api\r\nContent-Type: application/yaml\r\nExpect: 100-continue\r\n"
-                     + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
+        sock.sendall(sent)
+        if later:
+            time.sleep(0.5)
+            sock.sendall(later)
         answer = b""
         while b"\r\n\r\n" not in answer:
             chunk = sock.recv(4096)
             assert chunk, answer
             answer += chunk
+    return answer
+
+
+@pytest.mark.timeout(60)
+def test_a_request_without_a_key_is_refused_before_its_body_arrives(api: Api) -> None:
+    # A client without a key must not hold a request slot by sending its body slowly: the
+    # answer comes while the body is still outstanding.
+    head = b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+    for authorization in (b"", b"Authorization: Bearer not-a-key\r\n"):
+        answer = _answer_head(api, head + authorization + b"Content-Length: 1000\r\n\r\n{")
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert b"application/problem+json" in answer and b"www-authenticate: bearer" in answer.lower()
+    # With a key, the same slow start is waited for, and the whole body then gets its answer.
+    body = b'{"workflow_pack_id": "no-such-pack"}'
+    answer = _answer_head(api, head + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                          + body[:1], later=body[1:])
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+
+
+@pytest.mark.timeout(60)
+def test_an_oversized_body_announced_with_expect_100_continue_is_refused_without_a_continue(api: Api) -> None:
+    answer = _answer_head(api, b"POST /v1/packs HTTP/1.1\r\nHost: api\r\nContent-Type: application/yaml\r\n"
+                          b"Expect: 100-continue\r\n"
+                          + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
