@@ -391,13 +391,18 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _free_port(host: str) -> int:
-    """A TCP port free on ``host`` now (for Serve's proxy when the replica takes ``--port``)."""
+def _free_port(host: str, avoid: int) -> int:
+    """A TCP port free on ``host`` now, other than ``avoid`` (for Serve's proxy when the
+    replica takes ``--port``: the kernel may hand out the port the command's own probe has
+    just released, and the proxy would then take the replica's port)."""
     import socket
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -453,7 +458,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         run_until_interrupted(
             client.settings, client.registry, api_settings, host=args.host, port=args.port,
-            proxy_port=_free_port(args.host) if args.ingress == "direct" else None,
+            proxy_port=_free_port(args.host, avoid=args.port) if args.ingress == "direct" else None,
             namespace=args.namespace, resume=client.resume_unfinished,
             announce=lambda line: print(line, flush=True),
         )
