@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from persistence.store import Store
 
 __all__ = [
-    "LIST_LIMIT_MAX", "PackSource", "WorkflowClient", "coerce_pack", "local_ray_system_config", "read_record", "run_sync",
+    "LIST_LIMIT_MAX", "PackSource", "WorkflowClient", "coerce_pack", "local_ray_system_config", "ray_address",
+    "read_record", "run_sync",
 ]
 
 T = TypeVar("T")
@@ -162,6 +163,12 @@ def local_ray_system_config(step_task_num_cpus: float, num_cpus: float | None = 
     return {"num_workers_soft_limit": int(max(cpus, cpus / per_task)) + 2}
 
 
+def ray_address(explicit: str | None = None) -> str:
+    """The Ray address to join: ``explicit``, else ``RAY_ADDRESS``, else ``"local"`` (a new
+    local Ray, never a cluster ``ray start`` left recorded on the machine)."""
+    return explicit or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def probe_ray_address(address: str) -> None:
     """Fail fast when a ``host:port`` (or ``ray://host:port``) Ray address does not answer.
 
@@ -251,7 +258,7 @@ class WorkflowClient:
 
         if ray.is_initialized():
             return
-        address = self._ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        address = ray_address(self._ray_address)
         local = address == "local"
         if not local:
             probe_ray_address(address)

@@ -408,7 +408,7 @@ def _free_port(host: str, avoid: int) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import socket
 
-    from actors.driver import WorkflowClient
+    from actors.driver import WorkflowClient, ray_address
     from serve_app.auth import ApiSettings, is_loopback
     from serve_app.ingress import ingress_environment
 
@@ -421,8 +421,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.port <= 65535:
         raise ConfigurationError("--port", args.port, "must be a TCP port from 1 to 65535")
-    # "local" asks ray.init for a new local Ray, as no address does.
-    local_ray = (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    local_ray = ray_address(args.address) == "local"
     if local_ray:
         # A local Ray: the API binds here, so a busy port is reported now, not as a hang.
         try:

@@ -64,7 +64,7 @@ from dsl.errors import (
     ValidationIssue,
     WorkflowError,
 )
-from serve_app.errors import ApiError, PayloadTooLargeError
+from serve_app.errors import ApiError, EngineUnavailableError, PayloadTooLargeError
 
 __all__ = [
     "PROBLEM_BASE",
@@ -227,8 +227,7 @@ def problem_response(request: Request, exc: BaseException) -> JSONResponse:
         # A Ray actor died under the request: a host between its lookup and the call, or
         # Serve's own proxy when the service stops with a request (an event stream) open.
         log.warning("a Ray actor died answering %s %s: %s", request.method, instance, type(exc).__name__)
-        return problem(503, "engine_unavailable", "a part of the workflow engine went away; try again",
-                       instance=instance, title="Workflow engine unavailable", headers={"Retry-After": "1"})
+        return problem_response(request, EngineUnavailableError("a part of the workflow engine went away; try again"))
     if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return problem(exc.status_code, code, str(exc.detail), instance=instance, headers=dict(exc.headers or {}) or None)
@@ -237,11 +236,11 @@ def problem_response(request: Request, exc: BaseException) -> JSONResponse:
 
 
 def _is_ray_actor_error(exc: BaseException) -> bool:
-    """True for Ray's ``RayActorError`` family (``ActorDiedError``, ``ActorUnavailableError``...)."""
-    try:
-        from ray.exceptions import RayActorError
-    except ImportError:  # pragma: no cover - Ray is a dependency
-        return False
+    """True for Ray's ``RayActorError`` family (``ActorDiedError``, ``ActorUnavailableError``...).
+
+    Ray is imported here, not with the module: only an unexpected error needs it."""
+    from ray.exceptions import RayActorError
+
     return isinstance(exc, RayActorError)
 
 
@@ -290,6 +289,7 @@ class BodyLimitMiddleware:
             return
         declared = None
         announced = False  # the request says a body follows
+        expects_continue = False  # `Expect: 100-continue`: the body is not sent until asked for
         authorization = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -302,12 +302,12 @@ class BodyLimitMiddleware:
                 announced = True
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
+            elif name == b"expect":
+                expects_continue = value.lower() == b"100-continue"
         if announced and self.authenticate is not None:
             try:
                 self.authenticate(authorization)
             except ApiError as exc:
-                from starlette.requests import Request
-
                 await problem_response(Request(scope), exc)(scope, receive, send)
                 return
         chunks: list[bytes] = []
@@ -316,8 +316,7 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             # A client that asked `Expect: 100-continue` has not sent the body: answer now.
             # Reading it would make the server send `100 Continue` and then wait for it.
-            expects = any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope.get("headers", []))
-            await self._refuse(scope, receive, send, declared, more=not expects)
+            await self._refuse(scope, receive, send, declared, more=not expects_continue)
             return
         while more:
             message = await receive()
