@@ -402,10 +402,10 @@ class EventDelivery:
         try:
             # httpx's timeout bounds each read; a receiver trickling bytes would never trip it,
             # so the whole attempt also has a deadline.
-            answer = await asyncio.wait_for(
-                self._client.post(subscription.url, content=body, headers=headers, timeout=subscription.timeout_seconds),
-                subscription.timeout_seconds,
-            )
+            async with asyncio.timeout(subscription.timeout_seconds):
+                answer = await self._client.post(
+                    subscription.url, content=body, headers=headers, timeout=subscription.timeout_seconds
+                )
         except TimeoutError:
             return f"no complete answer within {subscription.timeout_seconds} s from POST {subscription.url}"
         except httpx.HTTPError as exc:

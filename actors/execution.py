@@ -194,15 +194,18 @@ class ExecutionActor:
 
         Before the scheduler starts (the run is still being claimed and loaded) the request
         is only noted: interrupting the claim would leave the run ``running`` with no owner;
-        :meth:`run` ends it ``cancelled`` as soon as the claim is done.
+        :meth:`run` ends it ``cancelled`` as soon as the claim is done. Once the scheduler
+        has stopped, :meth:`run` is ending the run and is never interrupted.
+
+        While the scheduler runs, every request interrupts it again, not only the first:
+        an interruption that some await swallowed (Python 3.11's ``asyncio.wait_for`` drops
+        one that lands as its call completes) must not leave the run uncancellable.
 
         Returns:
             False when the run had already ended.
         """
         if self.final is not None or self._task is None or self._task.done():
             return False
-        if self._cancel_requested:
-            return True  # asked already: one interruption of the scheduler is all it takes
         self._cancel_requested = True
         if self._scheduling:
             self._task.cancel()
@@ -452,7 +455,8 @@ class ExecutionActor:
                 if remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
                 except TimeoutError:
                     break
         return {"events": [e for e in self._events if e["seq"] > seq], "done": self.final is not None}

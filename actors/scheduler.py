@@ -701,7 +701,11 @@ class Scheduler:
         if timeout_seconds is None:
             return await work
         try:
-            return await asyncio.wait_for(work, timeout_seconds)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result and
+            # drops a cancel that lands in the tick its call completes, so a cancelled run
+            # went on retrying.
+            async with asyncio.timeout(timeout_seconds):
+                return await work
         except TimeoutError:
             # A task whose resources no node has stays pending: say what it asked for.
             asked = f" (the task asked for {request.resources()})" if isinstance(request, TaskRequest) else ""

@@ -128,13 +128,11 @@ class Backend:
             return self._hosts[name]
         from actors.host import get_host
 
-        handle = await asyncio.wait_for(
-            asyncio.to_thread(
+        async with asyncio.timeout(self.engine_timeout_s):
+            handle = await asyncio.to_thread(
                 get_host, self.settings, self.registry, execution_id=execution_id, isolation=isolation,
                 namespace=self.namespace,
-            ),
-            self.engine_timeout_s,
-        )
+            )
         if isolation != "dedicated":
             self._hosts[name] = handle
         return handle
@@ -153,7 +151,8 @@ class Backend:
             handle = await self.host(execution_id, isolation, fresh=attempt == 2)
             ref = getattr(handle, method).remote(*args)
             try:
-                return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.engine_timeout_s)
+                async with asyncio.timeout(self.engine_timeout_s):
+                    return await asyncio.wrap_future(ref.future())
             except TimeoutError:
                 raise EngineUnavailableError(f"the ExecutionHost did not answer within {self.engine_timeout_s:g} s") from None
             except ray.exceptions.RayTaskError as exc:
@@ -305,9 +304,8 @@ class Backend:
         if name in self._hosts:
             return self._hosts[name]
         try:
-            handle = await asyncio.wait_for(
-                asyncio.to_thread(ray.get_actor, name, namespace=self.namespace), self.engine_timeout_s
-            )
+            async with asyncio.timeout(self.engine_timeout_s):
+                handle = await asyncio.to_thread(ray.get_actor, name, namespace=self.namespace)
         except ValueError:
             return None
         except TimeoutError:
@@ -323,7 +321,8 @@ class Backend:
 
         ref = handle.events.remote(execution_id, after, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.engine_timeout_s + timeout_s)
+            async with asyncio.timeout(self.engine_timeout_s + timeout_s):
+                return await asyncio.wrap_future(ref.future())
         except TimeoutError:
             raise EngineUnavailableError(f"the ExecutionHost did not answer within {self.engine_timeout_s:g} s") from None
         except ray.exceptions.RayActorError:
@@ -456,8 +455,10 @@ class Backend:
         """``{"database": "ok"|reason, "ray": "ok"|reason}`` (no secrets in the reasons)."""
         checks: dict[str, str] = {}
         try:
-            store = await asyncio.wait_for(self.store(), 10)
-            await asyncio.wait_for(store.list_executions(limit=1), 5)
+            async with asyncio.timeout(10):
+                store = await self.store()
+            async with asyncio.timeout(5):
+                await store.list_executions(limit=1)
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             log.warning("readiness: database check failed: %s", exc)
@@ -468,7 +469,8 @@ class Backend:
             if not ray.is_initialized():
                 checks["ray"] = "not connected"
             else:
-                await asyncio.wait_for(asyncio.to_thread(ray.cluster_resources), 5)
+                async with asyncio.timeout(5):
+                    await asyncio.to_thread(ray.cluster_resources)
                 checks["ray"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["ray"] = f"unreachable ({type(exc).__name__})"

@@ -194,6 +194,43 @@ def test_step_timeout_is_enforced_outside_the_call(demo: Any) -> None:
     assert record["status"] == "failed" and record["error_detail"]["kind"] == "timeout"
 
 
+class CancelAsTheCallEnds(ThreadStepRunner):
+    """The real runner; on its ``at``-th call it asks for the run's cancel just before the
+    call returns: the tick in which a cancel from the host meets a completing attempt."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.calls = 0
+        self.actor: ExecutionActor | None = None
+
+    async def call_service(self, request: Any) -> dict[str, Any]:
+        result = await super().call_service(request)
+        self.calls += 1
+        if self.calls == self.at:
+            assert self.actor is not None and self.actor.cancel()
+        return result
+
+
+def test_a_cancel_that_lands_as_an_attempt_completes_ends_the_run(demo: Any) -> None:
+    """A cancel meeting a completing attempt used to be dropped (Python 3.11's wait_for):
+    the run went on retrying until its attempts ran out and ended failed."""
+    demo.set_faults([Fault(path="/echo/v1/identity", fail_first=1000, status=503)])
+    h = Harness(demo)
+    retry = {"max_attempts": 30, "backoff": "fixed", "initial_delay_ms": 1}
+    runner = CancelAsTheCallEnds(at=3)
+
+    async def scenario() -> dict[str, Any]:
+        execution_id = await h.create(pack(call("a", "/v1/identity", timeout_seconds=30, on_error={"retry": retry})))
+        actor = ExecutionActor(execution_id, store=h.store, registry=h.registry, settings=h.settings, runner=runner)
+        runner.actor = actor
+        return await actor.run()
+
+    record = asyncio.run(scenario())
+    assert record["status"] == "cancelled", record
+    assert runner.calls == 3 and demo.calls()["by_path"]["POST /echo/v1/identity"] == 3
+
+
 def test_run_timeout_fails_the_run(demo: Any) -> None:
     demo.set_faults([Fault(path="/echo/v1/identity", hang=True)])
     h = Harness(demo)
