@@ -35,7 +35,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from actors.registry import ServiceRegistry
 from actors.settings import Settings
@@ -45,7 +45,7 @@ from persistence.packs import deploy_pack, latest_version, plausible_pack_key, s
 from serve_app.auth import ApiKeyring, ApiSettings, Principal
 from serve_app.backend import Backend
 from serve_app.errors import IdempotencyKeyInvalidError, PackNotFoundError, UnsupportedMediaTypeError
-from serve_app.events import KEEPALIVE_S, event_stream
+from serve_app.events import KEEPALIVE_S, EventStreamResponse, StreamSlots, event_stream
 from serve_app.listing import pack_id_filter, utc_bound
 from serve_app.problems import BodyLimitMiddleware, SafeJSONResponse, problem, register_problem_handler
 from serve_app.schemas import (
@@ -133,7 +133,8 @@ def create_app(
             None or empty = development mode (no authentication). Overrides
             ``api_settings.keyring`` when given.
         namespace: Ray namespace of the ExecutionHosts (one per deployment).
-        api_settings: body limit and engine timeout (defaults: 1 MiB, 30 s).
+        api_settings: body size and time limits, engine timeout, event stream cap
+            (:class:`~serve_app.auth.ApiSettings`; defaults 1 MiB, 10 s, 30 s, 100).
         event_keepalive_s: longest silence on an event stream before a keep-alive comment
             (also the host long-poll timeout); keep it below the engine timeout.
 
@@ -168,7 +169,9 @@ def create_app(
     register_problem_handler(app)
     # Keys configured: a request with a body is authenticated before its body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes,
-                       authenticate=keyring.authenticate if keyring.enabled else None)
+                       authenticate=keyring.authenticate if keyring.enabled else None,
+                       body_timeout_s=limits.body_timeout_s)
+    streams = StreamSlots(limits.max_event_streams)
 
     def scope(needed: str | None) -> Callable[[Request], Awaitable[Principal]]:
         async def check(request: Request) -> Principal:  # async: no thread-pool hop per request
@@ -183,7 +186,7 @@ def create_app(
 
     @app.post(
         "/v1/workflows/execute", status_code=202, tags=["executions"], openapi_extra=_EXECUTE_BODY, response_model=None,
-        responses=documented(AcceptedExecution, 400, 401, 403, 404, 413, 415, 422, 503, status=202,
+        responses=documented(AcceptedExecution, 400, 401, 403, 404, 408, 413, 415, 422, 503, status=202,
                              description="Accepted (or an idempotent replay)",
                              headers={"Location": "the execution's URL",
                                       "Idempotent-Replayed": "true when this answers an earlier request"}),
@@ -263,14 +266,13 @@ def create_app(
         last_event_id: int | None = Header(None, alias="Last-Event-ID", ge=0, le=MAX_SEQ,
                                            description="The id of the last event received (resume)."),
         _: Principal = Depends(scope("read")),
-    ) -> StreamingResponse:
+    ) -> EventStreamResponse:
         """The run's events as a live SSE stream that ends when the run ends; resumes from ``Last-Event-ID``."""
         record = await backend.record(execution_id)
         start = last_event_id if last_event_id is not None else after
-        return StreamingResponse(
+        return EventStreamResponse(
             event_stream(backend, record, start, keepalive_s=event_keepalive_s),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            streams.take(),
         )
 
     # --- packs (Designer) -------------------------------------------------------------------
@@ -282,7 +284,7 @@ def create_app(
         return await backend.queue_depth()
 
     @app.post("/v1/packs", status_code=201, tags=["packs"], openapi_extra=_PACK_BODY, response_model=None,
-              responses=documented(PackDeployed, 400, 401, 403, 409, 413, 415, 422, 503, status=201,
+              responses=documented(PackDeployed, 400, 401, 403, 408, 409, 413, 415, 422, 503, status=201,
                                    description="Deployed (200: the same document was deployed already)",
                                    headers={"Location": "the version's URL"}, also=(200,)))
     async def deploy(request: Request, response: Response, _: Principal = Depends(scope("deploy"))) -> dict[str, Any]:

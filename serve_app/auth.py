@@ -188,12 +188,20 @@ class ApiSettings:
     ``CORTX_API_KEYS``                  (none)     bearer keys and scopes; none = development mode
     ``CORTX_API_MAX_BODY_BYTES``        1048576    largest request body; larger answers 413
     ``CORTX_API_ENGINE_TIMEOUT_SECONDS`` 30        longest wait for Ray / a host before 503
+    ``CORTX_API_BODY_TIMEOUT_SECONDS``   10        longest wait for a whole request body; 408
+    ``CORTX_API_MAX_EVENT_STREAMS``      100       open event streams per replica; more get 503
     ==================================  =========  ==============================================
+
+    The last two keep a replica's request slots (Serve's ``max_ongoing_requests``, 200 in
+    serve_app/deployment.py) from all being held by slow bodies or open streams; keep the
+    stream cap well below ``max_ongoing_requests`` (docs/api.md, "Open requests per replica").
     """
 
     keyring: ApiKeyring = field(default_factory=ApiKeyring)
     max_body_bytes: int = 1_048_576
     engine_timeout_s: float = 30.0
+    body_timeout_s: float = 10.0
+    max_event_streams: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiSettings:
@@ -207,6 +215,8 @@ class ApiSettings:
             keyring=ApiKeyring.parse(env.get(_ENV_KEYS)),
             max_body_bytes=_number(env, "CORTX_API_MAX_BODY_BYTES", int, 1_048_576, 1024, 64 * 1_048_576),
             engine_timeout_s=_number(env, "CORTX_API_ENGINE_TIMEOUT_SECONDS", float, 30.0, 1.0, 600.0),
+            body_timeout_s=_number(env, "CORTX_API_BODY_TIMEOUT_SECONDS", float, 10.0, 0.5, 600.0),
+            max_event_streams=_number(env, "CORTX_API_MAX_EVENT_STREAMS", int, 100, 1, 100_000),
         )
 
 

@@ -10,10 +10,12 @@ API's single problem handler (:mod:`serve_app.problems`) maps them with the rest
         ├── AuthenticationError         401 unauthorized            no / unknown bearer key
         ├── ForbiddenError              403 forbidden               key lacks the scope
         ├── ExecutionFinishedError      409 execution_finished      cancel of a completed/failed run
+        ├── BodyTimeoutError            408 body_timeout            body not all in within the time
         ├── PayloadTooLargeError        413 payload_too_large       body over the limit
         ├── UnsupportedMediaTypeError   415 unsupported_media_type  wrong Content-Type
         ├── IdempotencyKeyReusedError   422 idempotency_key_reused  same key, different request
-        └── EngineUnavailableError      503 engine_unavailable      Ray or a host did not answer
+        ├── EngineUnavailableError      503 engine_unavailable      Ray or a host did not answer
+        └── EventStreamsExhaustedError  503 event_streams_exhausted the replica's event streams are all open
 
 Like every WorkflowError they keep their constructor arguments in ``args`` (so they pickle).
 
@@ -32,7 +34,9 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
+    "BodyTimeoutError",
     "EngineUnavailableError",
+    "EventStreamsExhaustedError",
     "ExecutionFinishedError",
     "ForbiddenError",
     "IdempotencyKeyInvalidError",
@@ -206,6 +210,33 @@ class PayloadTooLargeError(ApiError):
         return f"the request body is over {self.limit} bytes ({self.size} bytes seen)"
 
 
+class BodyTimeoutError(ApiError):
+    """The request body did not all arrive within the configured time.
+
+    A request whose body trickles in would otherwise hold one of the replica's request
+    slots for as long as the client likes (docs/api.md, "Open requests per replica").
+
+    Args:
+        received: bytes of the body that had arrived.
+        timeout_s: the limit, in seconds (``CORTX_API_BODY_TIMEOUT_SECONDS``).
+    """
+
+    code = "body_timeout"
+    status = 408
+    title = "Request body too slow"
+
+    def __init__(self, received: int, timeout_s: float) -> None:
+        super().__init__(received, timeout_s)
+        self.received, self.timeout_s = received, timeout_s
+
+    def message(self) -> str:
+        return f"the request body did not arrive within {self.timeout_s:g} s ({self.received} bytes received)"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still be on its way
+
+
 class UnsupportedMediaTypeError(ApiError):
     """The ``Content-Type`` is not one the endpoint reads.
 
@@ -277,3 +308,32 @@ class EngineUnavailableError(ApiError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
+
+
+class EventStreamsExhaustedError(ApiError):
+    """Every event stream this replica allows is open (``CORTX_API_MAX_EVENT_STREAMS``).
+
+    An event stream holds one of the replica's request slots until its run ends; the cap,
+    below Serve's ``max_ongoing_requests``, keeps slots free for every other request.
+
+    Args:
+        limit: the replica's cap on open event streams.
+    """
+
+    code = "event_streams_exhausted"
+    status = 503
+    title = "Too many open event streams"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def message(self) -> str:
+        return (
+            f"this replica already serves its {self.limit} event streams; try again later, "
+            "or poll GET .../events?after=<seq>"
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}

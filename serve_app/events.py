@@ -39,17 +39,28 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import DBAPIError
 
 from dsl.errors import ConfigurationError
 from persistence.outbox import TERMINAL_EVENT_TYPES
 from persistence.records import ExecutionRecord, StepCheckpoint, isoformat_z
-from serve_app.errors import EngineUnavailableError
+from serve_app.errors import EngineUnavailableError, EventStreamsExhaustedError
 
 if TYPE_CHECKING:
     from serve_app.backend import Backend
 
-__all__ = ["KEEPALIVE_S", "POLL_S", "event_key", "event_stream", "host_event", "sse_message", "synthesize"]
+__all__ = [
+    "KEEPALIVE_S",
+    "POLL_S",
+    "EventStreamResponse",
+    "StreamSlots",
+    "event_key",
+    "event_stream",
+    "host_event",
+    "sse_message",
+    "synthesize",
+]
 
 log = logging.getLogger("cortx.api")
 
@@ -61,6 +72,58 @@ POLL_S = 1.0
 OUTBOX_POLL_S = 0.25
 #: Host polls in a row that report a run not ended while the database says it ended.
 STALE_POLLS = 2
+
+
+class StreamSlots:
+    """The open event streams of one replica, at most ``limit`` (``CORTX_API_MAX_EVENT_STREAMS``).
+
+    A stream holds one of the replica's request slots until its run ends; capping streams
+    below Serve's ``max_ongoing_requests`` keeps slots for every other request, liveness
+    and readiness included (docs/api.md, "Open requests per replica").
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> StreamSlots:
+        """Count one more open stream; give it back with :meth:`give_back`.
+
+        Raises:
+            EventStreamsExhaustedError: ``limit`` streams are open (503, ``Retry-After``).
+        """
+        if self.open >= self.limit:
+            raise EventStreamsExhaustedError(self.limit)
+        self.open += 1
+        return self
+
+    def give_back(self) -> None:
+        """One stream has ended (its run ended, or its client went away)."""
+        self.open -= 1
+
+
+class EventStreamResponse(StreamingResponse):
+    """The ``text/event-stream`` answer of one run; gives its slot back however it ends.
+
+    Args:
+        content: the SSE text (:func:`event_stream`).
+        slot: the :class:`StreamSlots` a slot was taken from (taken by the caller, so a
+            refusal is a problem answer before anything is sent).
+    """
+
+    def __init__(self, content: AsyncIterator[str], slot: StreamSlots) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self._slot: StreamSlots | None = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._slot is not None:
+                self._slot.give_back()
+                self._slot = None
 
 
 def host_event(event: dict[str, Any]) -> dict[str, Any]:

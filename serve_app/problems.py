@@ -39,6 +39,8 @@ anything else                          500     internal_error (detail hidden, lo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,7 +66,7 @@ from dsl.errors import (
     ValidationIssue,
     WorkflowError,
 )
-from serve_app.errors import ApiError, EngineUnavailableError, PayloadTooLargeError
+from serve_app.errors import ApiError, BodyTimeoutError, EngineUnavailableError, PayloadTooLargeError
 
 __all__ = [
     "PROBLEM_BASE",
@@ -276,12 +278,24 @@ class BodyLimitMiddleware:
     valid key it is answered 401 at once, so a client without a key cannot hold one of the
     replica's request slots by sending its body slowly. The endpoint still checks the
     key's scope.
+
+    The whole body must arrive within ``body_timeout_s`` seconds of the middleware starting
+    to read it, or the request is answered 408 ``body_timeout`` with ``Connection: close``:
+    a body sent a byte at a time would otherwise hold a request slot for ever. Draining an
+    over-long body before its 413 has the same bound.
     """
 
-    def __init__(self, app: Any, max_bytes: int, authenticate: Callable[[str | None], Any] | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        max_bytes: int,
+        authenticate: Callable[[str | None], Any] | None = None,
+        body_timeout_s: float = 10.0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.authenticate = authenticate
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -318,17 +332,24 @@ class BodyLimitMiddleware:
             # Reading it would make the server send `100 Continue` and then wait for it.
             await self._refuse(scope, receive, send, declared, more=not expects_continue)
             return
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            total += len(body)
-            more = bool(message.get("more_body"))
-            if total > self.max_bytes:
-                await self._refuse(scope, receive, send, total, more)
-                return
-            chunks.append(body)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    total += len(body)
+                    more = bool(message.get("more_body"))
+                    if total > self.max_bytes:
+                        break
+                    chunks.append(body)
+        except TimeoutError:
+            await problem_response(Request(scope), BodyTimeoutError(total, self.body_timeout_s))(scope, receive, send)
+            return
+        if total > self.max_bytes:
+            await self._refuse(scope, receive, send, total, more)
+            return
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -342,12 +363,15 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: dict[str, Any], receive: Receive, send: Send, size: int, more: bool = True) -> None:
         drained = 0
-        while more and drained < DRAIN_LIMIT_BYTES:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            drained += len(message.get("body", b""))
-            more = bool(message.get("more_body"))
+        # Drained for at most the body timeout: the answer goes with `Connection: close` anyway.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.body_timeout_s):
+                while more and drained < DRAIN_LIMIT_BYTES:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    drained += len(message.get("body", b""))
+                    more = bool(message.get("more_body"))
         exc = PayloadTooLargeError(size, self.max_bytes)
         response = problem(
             413, exc.code, exc.message(), instance=scope.get("path"), title=exc.title, headers={"Connection": "close"}

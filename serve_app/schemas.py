@@ -408,11 +408,12 @@ PROBLEM_DESCRIPTIONS: dict[int, str] = {
     401: "unauthorized: no or unknown bearer key",
     403: "forbidden: the key lacks the scope",
     404: "execution_not_found, pack_not_found",
+    408: "body_timeout: the body did not all arrive in time",
     409: "pack_conflict, execution_finished",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "request_invalid (parameters or body), pack_invalid, inputs_invalid, ...",
-    503: "configuration_invalid, database_unavailable, engine_unavailable, not_ready",
+    503: "configuration_invalid, database_unavailable, engine_unavailable, event_streams_exhausted, not_ready",
 }
 _PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 SSE_MEDIA_TYPE = "text/event-stream"

@@ -50,3 +50,19 @@ def test_any_other_unexpected_error_stays_a_logged_500(caplog: pytest.LogCapture
         answer = _get(_app(KeyError("x")))
     assert answer.status_code == 500 and answer.json()["type"].endswith("/internal_error")
     assert any(r.exc_info for r in caplog.records if "internal error answering" in r.getMessage())
+
+
+def test_the_api_limits_are_read_from_the_environment_and_bad_values_name_their_variable() -> None:
+    from dsl.errors import ConfigurationError
+    from serve_app.auth import ApiSettings
+
+    defaults = ApiSettings.from_env({})
+    assert (defaults.body_timeout_s, defaults.max_event_streams) == (10.0, 100)
+    given = ApiSettings.from_env({"CORTX_API_BODY_TIMEOUT_SECONDS": "2.5", "CORTX_API_MAX_EVENT_STREAMS": "7"})
+    assert (given.body_timeout_s, given.max_event_streams) == (2.5, 7)
+    for name, value in (("CORTX_API_BODY_TIMEOUT_SECONDS", "0"), ("CORTX_API_BODY_TIMEOUT_SECONDS", "nan"),
+                        ("CORTX_API_BODY_TIMEOUT_SECONDS", "ten"), ("CORTX_API_MAX_EVENT_STREAMS", "0"),
+                        ("CORTX_API_MAX_EVENT_STREAMS", "1.5")):
+        with pytest.raises(ConfigurationError) as caught:
+            ApiSettings.from_env({name: value})
+        assert caught.value.message().startswith(f"{name}={value!r}: must be a number from")
