@@ -23,7 +23,8 @@ by default). The service registry is ``--services``, else ``CORTX_SERVICE_REGIST
 
 Exit codes: 0 success (a run that completed); 1 bad input (unreadable or invalid pack,
 bad inputs, unknown execution id, bad configuration, a busy port); 2 wrong usage; 3 a run
-that ended ``failed`` or ``cancelled``; 70 an internal error (a bug: please report it). Errors are one line on stderr, never a traceback (set
+that ended ``failed`` or ``cancelled``; 69 ``serve`` stopped because the Ray under it went
+away (its GCS or raylet exited, or it stopped answering); 70 an internal error (a bug: please report it). Errors are one line on stderr, never a traceback (set
 ``CORTX_DEBUG=1`` to see one).
 """
 
@@ -43,6 +44,8 @@ from dsl.errors import ConfigurationError, InputValidationError, PackLoadError, 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+#: ``serve`` ended because the Ray under it went away (sysexits' EX_UNAVAILABLE).
+EXIT_UNAVAILABLE = 69
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -455,7 +458,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     client.connect()
     try:
-        run_until_interrupted(
+        gone = run_until_interrupted(
             client.settings, client.registry, api_settings, host=args.host, port=args.port,
             proxy_port=_free_port(args.host, avoid=args.port) if args.ingress == "direct" else None,
             namespace=args.namespace, resume=client.resume_unfinished,
@@ -463,6 +466,9 @@ def _serve(args: argparse.Namespace) -> int:
         )
     finally:
         ray.shutdown()
+    if gone is not None:
+        print(f"error: the API stopped because Ray is gone: {gone}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -41,12 +42,27 @@ from actors.settings import Settings
 from serve_app.api import create_app
 from serve_app.auth import ApiSettings
 
-__all__ = ["APP_NAME", "CortxWorkflowApi", "build_app", "build_application", "run_until_interrupted", "warm_hosts"]
+__all__ = [
+    "APP_NAME",
+    "CortxWorkflowApi",
+    "build_app",
+    "build_application",
+    "ray_gone",
+    "run_until_interrupted",
+    "warm_hosts",
+]
 
 log = logging.getLogger("cortx.serve")
 
 #: Name of the Serve application.
 APP_NAME = "cortx-workflow"
+#: Seconds between two looks at Ray while ``cortx-workflow serve`` serves (:func:`ray_gone`).
+RAY_CHECK_EVERY_S = 5.0
+#: Longest wait for Ray's answer to one look, in s.
+RAY_CHECK_TIMEOUT_S = 10.0
+#: Looks in a row without an answer after which Ray counts as gone (a busy GCS is slow, not gone).
+RAY_CHECK_MISSES = 3
+_NO_ANSWER = "no answer"
 
 
 @serve.deployment(
@@ -148,8 +164,18 @@ def run_until_interrupted(
     announce: Callable[[str], None] = print,
     stop: threading.Event | None = None,
     proxy_port: int | None = None,
-) -> None:
-    """Run the API on Ray Serve until Ctrl-C, SIGTERM or ``stop`` is set (Ray must be connected).
+    check_every_s: float = RAY_CHECK_EVERY_S,
+) -> str | None:
+    """Run the API on Ray Serve until Ctrl-C, SIGTERM or ``stop`` is set (Ray must be connected),
+    or until the Ray under it is gone.
+
+    Every ``check_every_s`` seconds :func:`ray_gone` looks at Ray: a local Ray whose GCS or
+    raylet process has exited (a ``ray stop`` elsewhere on the machine), this node marked
+    dead, or :data:`RAY_CHECK_MISSES` checks in a row without an answer within
+    :data:`RAY_CHECK_TIMEOUT_S`. The API cannot answer without Ray, so serving ends and the
+    reason is returned: ``cortx-workflow serve`` then exits non-zero, and a supervisor
+    (systemd, Kubernetes) starts it again, rather than the command staying up with its
+    port closed. Serve's own restarts of its proxy or replica are not Ray going away.
 
     Args:
         host, port: where the API answers.
@@ -159,12 +185,17 @@ def run_until_interrupted(
         resume: called once before serving (``WorkflowClient.resume_unfinished``).
         announce: receives one-line progress messages.
         stop: an event that ends serving (tests); signals end it too.
+        check_every_s: seconds between two looks at Ray.
+
+    Returns:
+        None after a stop that was asked for; else why Ray is gone (one line).
     """
     warm_hosts(settings, registry, namespace)
     resumed = resume()
     announce(f"resumed {len(resumed)} unfinished run(s)")
     direct = proxy_port is not None
     serve.start(http_options={"host": host, "port": port if proxy_port is None else proxy_port})
+    gone = None
     try:
         serve.run(
             build_application(settings, registry, api_settings=api_settings, namespace=namespace),
@@ -182,14 +213,71 @@ def run_until_interrupted(
             # script) with SIGINT ignored, and Python then keeps it ignored.
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, lambda *_: done.set())
+        misses = 0
+        next_check = time.monotonic() + check_every_s
         try:
             while not done.wait(0.5):
-                pass
+                if time.monotonic() < next_check:
+                    continue
+                reason = ray_gone()
+                misses = misses + 1 if reason is not None else 0
+                if reason is not None and (misses >= RAY_CHECK_MISSES or not reason.startswith(_NO_ANSWER)):
+                    gone = reason
+                    break
+                next_check = time.monotonic() + check_every_s
         except KeyboardInterrupt:
             pass
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        if gone is not None:
+            announce(f"Ray is gone ({gone}); the API cannot answer without it: stopping")
+            return gone
         announce("stopping")
+        return None
     finally:
-        serve.shutdown()
+        if gone is None:
+            serve.shutdown()  # with Ray gone there is nothing to shut down, and no one to ask
+
+
+def ray_gone(timeout_s: float = RAY_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Ray this process is connected to can no longer serve the API, or None.
+
+    Looks, in order, at: the GCS and raylet processes this process started (a local Ray;
+    none for a cluster joined by address), whether Ray answers ``ray.nodes()`` within
+    ``timeout_s`` seconds (asked in a daemon thread, so a GCS that hangs cannot hang the
+    caller), and whether this node is still alive there.
+
+    Returns:
+        None while Ray is there; else one line, e.g. ``"its raylet process (pid 4242)
+        exited"`` or ``"no answer from Ray within 10 s"``.
+    """
+    import ray
+    from ray._private import ray_constants, worker
+
+    node = getattr(worker, "_global_node", None)
+    started = getattr(node, "all_processes", None) or {}
+    for kind in (ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET):
+        for info in started.get(kind, ()):
+            process = getattr(info, "process", None)
+            if process is not None and process.poll() is not None:
+                return f"its {kind} process (pid {process.pid}) exited"
+    answer: list[Any] = []
+
+    def ask() -> None:
+        try:
+            answer.append(ray.nodes())
+        except Exception as exc:  # noqa: BLE001 - any failure to answer is "no answer"
+            answer.append(exc)
+
+    thread = threading.Thread(target=ask, name="ray-watchdog", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not answer or isinstance(answer[0], Exception):
+        why = f" ({type(answer[0]).__name__})" if answer else ""
+        return f"{_NO_ANSWER} from Ray within {timeout_s:g} s{why}"
+    here = ray.get_runtime_context().get_node_id()
+    for entry in answer[0]:
+        if entry.get("NodeID") == here and not entry.get("Alive", True):
+            return f"Ray marked this node ({here[:12]}) dead"
+    return None

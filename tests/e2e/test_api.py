@@ -392,14 +392,14 @@ def test_execute_request_errors_are_problems_with_pointers(api: Api) -> None:
         assert_problem(client.delete(f"/v1/packs/{pack_id}/versions/1.0.0"), 405, "method_not_allowed")
 
 
-def _answer_head(api: Api, sent: bytes, later: bytes = b"") -> bytes:
-    """Send raw bytes to the API (then ``later`` after 0.5 s, if any); its answer up to the
+def _answer_head(url: str, sent: bytes, later: bytes = b"") -> bytes:
+    """Send raw bytes to the API at ``url`` (then ``later`` after 0.5 s, if any); its answer up to the
     end of the headers. The socket times out after 20 s: an answer that waits for bytes
     never sent fails the test."""
     import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(api.url)
+    parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
         sock.sendall(sent)
         if later:
@@ -419,19 +419,19 @@ def test_a_request_without_a_key_is_refused_before_its_body_arrives(api: Api) ->
     # answer comes while the body is still outstanding.
     head = b"POST /v1/workflows/execute HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
     for authorization in (b"", b"Authorization: Bearer not-a-key\r\n"):
-        answer = _answer_head(api, head + authorization + b"Content-Length: 1000\r\n\r\n{")
+        answer = _answer_head(api.url, head + authorization + b"Content-Length: 1000\r\n\r\n{")
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
         assert b"application/problem+json" in answer and b"www-authenticate: bearer" in answer.lower()
     # With a key, the same slow start is waited for, and the whole body then gets its answer.
     body = b'{"workflow_pack_id": "no-such-pack"}'
-    answer = _answer_head(api, head + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    answer = _answer_head(api.url, head + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                           + body[:1], later=body[1:])
     assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
 
 
 @pytest.mark.timeout(60)
 def test_an_oversized_body_announced_with_expect_100_continue_is_refused_without_a_continue(api: Api) -> None:
-    answer = _answer_head(api, b"POST /v1/packs HTTP/1.1\r\nHost: api\r\nContent-Type: application/yaml\r\n"
+    answer = _answer_head(api.url, b"POST /v1/packs HTTP/1.1\r\nHost: api\r\nContent-Type: application/yaml\r\n"
                           b"Expect: 100-continue\r\n"
                           + f"Authorization: Bearer {ADMIN}\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -587,7 +587,9 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
     demo_services: Any, tmp_path: Path, ingress: str
 ) -> None:
     """The real command in a new process: its own Ray, resume at start, Serve's proxy (the
-    default) or the replica itself (direct ingress) on --port, SIGINT."""
+    default) or the replica itself (direct ingress) on --port, the body timeout from the
+    environment. Direct: SIGINT stops it (exit 0). Proxy: its raylet is stopped, as a
+    `ray stop` elsewhere on the machine does, and the command exits 69 saying why."""
     import os
     import re
     import signal
@@ -616,7 +618,7 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
     asyncio.run(seed())
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "CORTX_SERVICE_REGISTRY": str(registry),
-           "CORTX_API_KEYS": f"{ADMIN}:admin", "CORTX_EXECUTION_HOSTS": "1"}
+           "CORTX_API_KEYS": f"{ADMIN}:admin", "CORTX_EXECUTION_HOSTS": "1", "CORTX_API_BODY_TIMEOUT_SECONDS": "1"}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "serve_app.cli", "serve", "--port", str(port), "--namespace", f"cli-{uuid.uuid4().hex[:6]}"]
     if ingress == "direct":
@@ -655,10 +657,26 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
             answer = httpx.get(f"http://127.0.0.1:{door}/v1/workflows/executions/{unfinished}",
                                headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
             assert answer.status_code == 200 and answer.json()["status"] == "completed"
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=90)
-        assert process.returncode == 0, err[-2000:]
-        assert "stopping" in out and ADMIN not in out + err
+            # A body that never all arrives gets its 408 from the replica, whichever the door.
+            slow = _answer_head(f"http://127.0.0.1:{door}", b"POST /v1/workflows/execute HTTP/1.1\r\n"
+                                b"Host: api\r\nContent-Type: application/json\r\n"
+                                + f"Authorization: Bearer {ADMIN}\r\nContent-Length: 100\r\n\r\n{{".encode())
+            assert slow.startswith(b"HTTP/1.1 408"), slow[:300]
+        if ingress == "direct":
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=90)
+            assert process.returncode == 0, err[-2000:]
+            assert "stopping" in out and ADMIN not in out + err
+        else:
+            import psutil
+
+            raylets = [p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "raylet"]
+            assert len(raylets) == 1, raylets
+            raylets[0].terminate()
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 69, (out[-1000:], err[-2000:])
+            assert f"Ray is gone (its raylet process (pid {raylets[0].pid}) exited)" in out, out[-1000:]
+            assert f"error: the API stopped because Ray is gone: its raylet process (pid {raylets[0].pid}) exited" in err
     finally:
         if process.poll() is None:
             process.kill()
