@@ -229,5 +229,6 @@ def _number(env: Mapping[str, str], name: str, parse: Any, default: Any, low: An
     except ValueError:
         value = None
     if value is None or not low <= value <= high:
-        raise ConfigurationError(name, raw, f"must be a number from {low} to {high}")
+        kind = "a whole number" if parse is int else "a number"
+        raise ConfigurationError(name, raw, f"must be {kind} from {low} to {high}")
     return value

@@ -322,7 +322,10 @@ class BodyLimitMiddleware:
             try:
                 self.authenticate(authorization)
             except ApiError as exc:
-                await problem_response(Request(scope), exc)(scope, receive, send)
+                # The body was not read and may still be on its way: close after the answer.
+                response = problem_response(Request(scope), exc)
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send)
                 return
         chunks: list[bytes] = []
         total = 0

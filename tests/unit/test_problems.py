@@ -65,4 +65,5 @@ def test_the_api_limits_are_read_from_the_environment_and_bad_values_name_their_
                         ("CORTX_API_MAX_EVENT_STREAMS", "1.5")):
         with pytest.raises(ConfigurationError) as caught:
             ApiSettings.from_env({name: value})
-        assert caught.value.message().startswith(f"{name}={value!r}: must be a number from")
+        kind = "a whole number" if name.endswith("STREAMS") else "a number"
+        assert caught.value.message().startswith(f"{name}={value!r}: must be {kind} from"), caught.value.message()
