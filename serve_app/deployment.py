@@ -25,6 +25,7 @@ Three ways in:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -58,10 +59,14 @@ log = logging.getLogger("cortx.serve")
 APP_NAME = "cortx-workflow"
 #: Seconds between two looks at Ray while ``cortx-workflow serve`` serves (:func:`ray_gone`).
 RAY_CHECK_EVERY_S = 5.0
-#: Longest wait for Ray's answer to one look, in s.
-RAY_CHECK_TIMEOUT_S = 10.0
-#: Looks in a row without an answer after which Ray counts as gone (a busy GCS is slow, not gone).
+#: Longest wait for Ray's answer to one look, in s (a GCS answers ``ray.nodes()`` in
+#: milliseconds, and in about a second on a loaded two-core machine).
+RAY_CHECK_TIMEOUT_S = 5.0
+#: Looks in a row without an answer after which Ray counts as gone (a busy GCS is slow, not
+#: gone). After a look without an answer the next one follows at once.
 RAY_CHECK_MISSES = 3
+#: Seconds Ray's processes left behind get between SIGTERM and SIGKILL when Ray is gone.
+LEFTOVER_GRACE_S = 3.0
 _NO_ANSWER = "no answer"
 
 
@@ -171,11 +176,14 @@ def run_until_interrupted(
 
     Every ``check_every_s`` seconds :func:`ray_gone` looks at Ray: a local Ray whose GCS or
     raylet process has exited (a ``ray stop`` elsewhere on the machine), this node marked
-    dead, or :data:`RAY_CHECK_MISSES` checks in a row without an answer within
-    :data:`RAY_CHECK_TIMEOUT_S`. The API cannot answer without Ray, so serving ends and the
-    reason is returned: ``cortx-workflow serve`` then exits non-zero, and a supervisor
-    (systemd, Kubernetes) starts it again, rather than the command staying up with its
-    port closed. Serve's own restarts of its proxy or replica are not Ray going away.
+    dead, or :data:`RAY_CHECK_MISSES` looks in a row without an answer within
+    :data:`RAY_CHECK_TIMEOUT_S` (a GCS that got SIGTERM can hang on without answering).
+    The API cannot answer without Ray, so serving ends and the reason is returned:
+    ``cortx-workflow serve`` then exits non-zero, and a supervisor (systemd, Kubernetes)
+    starts it again, rather than the command staying up with its port closed. What is left
+    of a local Ray this process started is stopped first (its processes as of the last look:
+    a raylet's agents outlive it otherwise). Serve's own restarts of its proxy or replica
+    are not Ray going away.
 
     Args:
         host, port: where the API answers.
@@ -215,6 +223,7 @@ def run_until_interrupted(
                 previous[signum] = signal.signal(signum, lambda *_: done.set())
         misses = 0
         next_check = time.monotonic() + check_every_s
+        ray_processes = _descendants()
         try:
             while not done.wait(0.5):
                 if time.monotonic() < next_check:
@@ -224,7 +233,10 @@ def run_until_interrupted(
                 if reason is not None and (misses >= RAY_CHECK_MISSES or not reason.startswith(_NO_ANSWER)):
                     gone = reason
                     break
-                next_check = time.monotonic() + check_every_s
+                if reason is None:
+                    ray_processes = _descendants()
+                # After a look without an answer, the next look at once.
+                next_check = time.monotonic() + (0.0 if reason is not None else check_every_s)
         except KeyboardInterrupt:
             pass
         finally:
@@ -232,6 +244,7 @@ def run_until_interrupted(
                 signal.signal(signum, handler)
         if gone is not None:
             announce(f"Ray is gone ({gone}); the API cannot answer without it: stopping")
+            _stop_leftovers(ray_processes)
             return gone
         announce("stopping")
         return None
@@ -281,3 +294,31 @@ def ray_gone(timeout_s: float = RAY_CHECK_TIMEOUT_S) -> str | None:
         if entry.get("NodeID") == here and not entry.get("Alive", True):
             return f"Ray marked this node ({here[:12]}) dead"
     return None
+
+
+def _descendants() -> list[Any]:
+    """This process's descendants now (``psutil.Process`` objects): with a local Ray, its
+    GCS, raylet, agents and workers; none for a cluster joined by address."""
+    import psutil
+
+    try:
+        return list(psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _stop_leftovers(processes: list[Any], grace_s: float = LEFTOVER_GRACE_S) -> None:
+    """SIGTERM, then after ``grace_s`` s SIGKILL, those of ``processes`` still running.
+
+    ``psutil`` checks each one's start time, so a pid reused since the look is not touched.
+    """
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace_s)
+    for process in still:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
