@@ -219,6 +219,10 @@ class Backend:
         for run in admitted:
             if run.execution_id == stored.execution_id:
                 stored = run
+        if stored.status == ExecutionStatus.QUEUED.value:
+            # A concurrent execute's admission pass may have started it between our insert
+            # and our own pass (which then found it no longer queued): answer what is stored.
+            stored = await store.get_execution(stored.execution_id)
         self._hand_over(admitted)
         log.info("execution %s accepted: pack %s %s", execution_id, record.pack_id, record.version)
         return status_record(stored, self.settings), False

@@ -294,6 +294,25 @@ def test_concurrent_cancels_of_running_runs_all_end_them_cancelled(api: Api, dem
     assert set(statuses.values()) == {"cancelled"}, statuses
 
 
+@pytest.mark.timeout(120)
+def test_concurrent_executes_with_slots_free_all_answer_running(api: Api) -> None:
+    # An execute whose run a concurrent execute's admission pass started (between its insert
+    # and its own pass) used to answer the `queued` it had inserted.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pack_id = new_id("burst")
+    with api.client() as client, ThreadPoolExecutor(max_workers=16) as pool:
+        assert client.post("/v1/packs", json=echo_pack(pack_id)).status_code == 201
+        for _ in range(3):
+            answers = list(pool.map(
+                lambda _: client.post("/v1/workflows/execute", json={"workflow_pack_id": pack_id, "inputs": {"n": 1}}),
+                range(16),
+            ))
+            assert [a.status_code for a in answers] == [202] * 16, [a.text for a in answers]
+            assert [a.json()["status"] for a in answers] == ["running"] * 16
+            assert all(a.json()["started_at"] for a in answers)
+
+
 # --------------------------------------------------------------------------- error paths
 
 
@@ -589,8 +608,8 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
 ) -> None:
     """The real command in a new process: its own Ray, resume at start, Serve's proxy (the
     default) or the replica itself (direct ingress) on --port, the body timeout from the
-    environment. Direct: SIGINT stops it (exit 0). Proxy: its raylet is stopped, as a
-    `ray stop` elsewhere on the machine does, and the command exits 69 saying why."""
+    environment. Direct: SIGINT stops it (exit 0). Proxy: its GCS is killed, and the
+    command exits 69 saying why, leaving none of its Ray's processes behind."""
     import os
     import re
     import signal
@@ -671,13 +690,17 @@ def test_cortx_workflow_serve_resumes_unfinished_runs_serves_http_and_stops_on_c
         else:
             import psutil
 
-            raylets = [p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "raylet"]
-            assert len(raylets) == 1, raylets
-            raylets[0].terminate()
+            # The GCS killed outright: the raylet's agents used to outlive it, orphaned.
+            tree = psutil.Process(process.pid).children(recursive=True)
+            gcs = [p for p in tree if p.name() == "gcs_server"]
+            assert len(gcs) == 1, tree
+            gcs[0].kill()
             out, err = process.communicate(timeout=60)
             assert process.returncode == 69, (out[-1000:], err[-2000:])
-            assert f"Ray is gone (its raylet process (pid {raylets[0].pid}) exited)" in out, out[-1000:]
-            assert f"error: the API stopped because Ray is gone: its raylet process (pid {raylets[0].pid}) exited" in err
+            assert f"Ray is gone (its gcs_server process (pid {gcs[0].pid}) exited)" in out, out[-1000:]
+            assert f"error: the API stopped because Ray is gone: its gcs_server process (pid {gcs[0].pid}) exited" in err
+            _, left = psutil.wait_procs(tree, timeout=10)
+            assert not left, [(p.pid, p.name()) for p in left]
     finally:
         if process.poll() is None:
             process.kill()
