@@ -42,7 +42,9 @@ and the rule (:class:`~dsl.errors.ConfigurationError`).
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -153,13 +155,13 @@ class Settings:
         return cls(
             database_url=database_url,
             workflow_timeout_seconds=get(
-                "WORKFLOW_TIMEOUT_SECONDS", float, 300.0, "must be a number of seconds above 0", lambda v: v > 0
+                "WORKFLOW_TIMEOUT_SECONDS", parse_decimal, 300.0, "must be a number of seconds above 0", lambda v: v > 0
             ),
             max_parallel_steps=get(
-                "MAX_PARALLEL_STEPS", int, 10, "must be a whole number from 1 to 10000", lambda v: 1 <= v <= 10_000
+                "MAX_PARALLEL_STEPS", parse_whole, 10, "must be a whole number from 1 to 10000", lambda v: 1 <= v <= 10_000
             ),
             default_retry_count=get(
-                "DEFAULT_RETRY_COUNT", int, 3, "must be a whole number from 0 to 1000", lambda v: 0 <= v <= 1000
+                "DEFAULT_RETRY_COUNT", parse_whole, 3, "must be a whole number from 0 to 1000", lambda v: 0 <= v <= 1000
             ),
             state_persistence_enabled=get(
                 "STATE_PERSISTENCE_ENABLED", _parse_bool, True, "must be true or false", lambda v: True
@@ -167,28 +169,28 @@ class Settings:
             service_registry_path=str(Path(registry).resolve()) if registry else None,
             secrets_file=_secrets_file(env.get("CORTX_SECRETS_FILE", "")),
             execution_hosts=get(
-                "CORTX_EXECUTION_HOSTS", int, 2, "must be a whole number from 1 to 64", lambda v: 1 <= v <= 64
+                "CORTX_EXECUTION_HOSTS", parse_whole, 2, "must be a whole number from 1 to 64", lambda v: 1 <= v <= 64
             ),
             step_task_num_cpus=get(
-                "CORTX_STEP_TASK_NUM_CPUS", float, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
+                "CORTX_STEP_TASK_NUM_CPUS", parse_decimal, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
             ),
             max_concurrent_executions=get(
-                "CORTX_MAX_CONCURRENT_EXECUTIONS", int, 100, "must be a whole number from 1 to 1000000",
+                "CORTX_MAX_CONCURRENT_EXECUTIONS", parse_whole, 100, "must be a whole number from 1 to 1000000",
                 lambda v: 1 <= v <= 1_000_000,
             ),
-            db_pool_size=get("CORTX_DB_POOL_SIZE", int, 5, "must be a whole number from 1 to 50", lambda v: 1 <= v <= 50),
+            db_pool_size=get("CORTX_DB_POOL_SIZE", parse_whole, 5, "must be a whole number from 1 to 50", lambda v: 1 <= v <= 50),
             http_allowed_hosts=_allowed_hosts(env.get("CORTX_HTTP_ALLOWED_HOSTS", "")),
             http_allow_private=get(
                 "CORTX_HTTP_ALLOW_PRIVATE", _parse_bool, False, "must be true or false", lambda v: True
             ),
             http_max_redirects=get(
-                "CORTX_HTTP_MAX_REDIRECTS", int, 5, "must be a whole number from 0 to 20", lambda v: 0 <= v <= 20
+                "CORTX_HTTP_MAX_REDIRECTS", parse_whole, 5, "must be a whole number from 0 to 20", lambda v: 0 <= v <= 20
             ),
             task_modules=_task_modules(env.get("CORTX_TASK_MODULES", "")),
             event_subscriptions=_event_subscriptions(env.get("CORTX_EVENT_SUBSCRIPTIONS", "")),
             ledger_audit=get("CORTX_LEDGER_AUDIT", _parse_bool, True, "must be true or false", lambda v: True),
             max_loop_iterations=get(
-                "CORTX_MAX_LOOP_ITERATIONS", int, 100_000, "must be a whole number from 1 to 1000000",
+                "CORTX_MAX_LOOP_ITERATIONS", parse_whole, 100_000, "must be a whole number from 1 to 1000000",
                 lambda v: 1 <= v <= 1_000_000,
             ),
         )
@@ -214,6 +216,38 @@ def _allowed_hosts(raw: str) -> tuple[str, ...]:
         raise ConfigurationError(
             "CORTX_HTTP_ALLOWED_HOSTS", raw, f"{exc}; entries are host, host:port, *.domain, * or an IP address"
         ) from None
+
+
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_whole(raw: str) -> int:
+    """A setting's whole number: ASCII digits only.
+
+    Python's ``int()`` also takes ``1_0``, other scripts' digits (``٣``) and a sign; a
+    setting written so is a typo more often than a number.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not _WHOLE.fullmatch(raw):
+        raise ValueError(raw)
+    return int(raw)
+
+
+def parse_decimal(raw: str) -> float:
+    """A setting's number: ASCII digits, an optional fraction and exponent; finite.
+
+    Raises:
+        ValueError: anything else (``nan``, ``inf``, ``1e400``, a sign, ``1_0``).
+    """
+    if not _DECIMAL.fullmatch(raw):
+        raise ValueError(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(raw)
+    return value
 
 
 def _parse_bool(raw: str) -> bool:

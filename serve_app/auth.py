@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from actors.settings import parse_decimal, parse_whole
 from dsl.errors import ConfigurationError
 from serve_app.errors import AuthenticationError, ForbiddenError
 
@@ -225,7 +226,7 @@ def _number(env: Mapping[str, str], name: str, parse: Any, default: Any, low: An
     if not raw:
         return default
     try:
-        value = parse(raw)
+        value = (parse_whole if parse is int else parse_decimal)(raw)
     except ValueError:
         value = None
     if value is None or not low <= value <= high:

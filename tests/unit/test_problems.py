@@ -61,8 +61,10 @@ def test_the_api_limits_are_read_from_the_environment_and_bad_values_name_their_
     given = ApiSettings.from_env({"CORTX_API_BODY_TIMEOUT_SECONDS": "2.5", "CORTX_API_MAX_EVENT_STREAMS": "7"})
     assert (given.body_timeout_s, given.max_event_streams) == (2.5, 7)
     for name, value in (("CORTX_API_BODY_TIMEOUT_SECONDS", "0"), ("CORTX_API_BODY_TIMEOUT_SECONDS", "nan"),
-                        ("CORTX_API_BODY_TIMEOUT_SECONDS", "ten"), ("CORTX_API_MAX_EVENT_STREAMS", "0"),
-                        ("CORTX_API_MAX_EVENT_STREAMS", "1.5")):
+                        ("CORTX_API_BODY_TIMEOUT_SECONDS", "ten"), ("CORTX_API_BODY_TIMEOUT_SECONDS", "1e400"),
+                        ("CORTX_API_BODY_TIMEOUT_SECONDS", "-1"), ("CORTX_API_MAX_EVENT_STREAMS", "0"),
+                        ("CORTX_API_MAX_EVENT_STREAMS", "1.5"), ("CORTX_API_MAX_EVENT_STREAMS", "1_0"),
+                        ("CORTX_API_MAX_EVENT_STREAMS", "\u0663"), ("CORTX_API_MAX_EVENT_STREAMS", "+5")):
         with pytest.raises(ConfigurationError) as caught:
             ApiSettings.from_env({name: value})
         kind = "a whole number" if name.endswith("STREAMS") else "a number"
