@@ -263,7 +263,7 @@ def ray_gone(timeout_s: float = RAY_CHECK_TIMEOUT_S) -> str | None:
 
     Returns:
         None while Ray is there; else one line, e.g. ``"its raylet process (pid 4242)
-        exited"`` or ``"no answer from Ray within 10 s"``.
+        exited"`` or ``"no answer from Ray within 5 s"``.
     """
     import ray
     from ray._private import ray_constants, worker
