@@ -26,7 +26,6 @@ ties such as ``1.0`` vs ``1.0.0``); otherwise the most recently deployed version
 from __future__ import annotations
 
 import asyncio
-
 import re
 from collections.abc import Collection
 from dataclasses import dataclass

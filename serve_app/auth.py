@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -214,22 +214,24 @@ class ApiSettings:
         env = os.environ if environ is None else environ
         return cls(
             keyring=ApiKeyring.parse(env.get(_ENV_KEYS)),
-            max_body_bytes=_number(env, "CORTX_API_MAX_BODY_BYTES", int, 1_048_576, 1024, 64 * 1_048_576),
-            engine_timeout_s=_number(env, "CORTX_API_ENGINE_TIMEOUT_SECONDS", float, 30.0, 1.0, 600.0),
-            body_timeout_s=_number(env, "CORTX_API_BODY_TIMEOUT_SECONDS", float, 10.0, 0.5, 600.0),
-            max_event_streams=_number(env, "CORTX_API_MAX_EVENT_STREAMS", int, 100, 1, 100_000),
+            max_body_bytes=_number(env, "CORTX_API_MAX_BODY_BYTES", parse_whole, 1_048_576, 1024, 64 * 1_048_576),
+            engine_timeout_s=_number(env, "CORTX_API_ENGINE_TIMEOUT_SECONDS", parse_decimal, 30.0, 1.0, 600.0),
+            body_timeout_s=_number(env, "CORTX_API_BODY_TIMEOUT_SECONDS", parse_decimal, 10.0, 0.5, 600.0),
+            max_event_streams=_number(env, "CORTX_API_MAX_EVENT_STREAMS", parse_whole, 100, 1, 100_000),
         )
 
 
-def _number(env: Mapping[str, str], name: str, parse: Any, default: Any, low: Any, high: Any) -> Any:
+def _number(
+    env: Mapping[str, str], name: str, parse: Callable[[str], Any], default: Any, low: Any, high: Any
+) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = (parse_whole if parse is int else parse_decimal)(raw)
+        value = parse(raw)
     except ValueError:
         value = None
     if value is None or not low <= value <= high:
-        kind = "a whole number" if parse is int else "a number"
+        kind = "a whole number" if parse is parse_whole else "a number"
         raise ConfigurationError(name, raw, f"must be {kind} from {low} to {high}")
     return value

@@ -46,6 +46,7 @@ from dsl.errors import ConfigurationError
 from persistence.outbox import TERMINAL_EVENT_TYPES
 from persistence.records import ExecutionRecord, StepCheckpoint, isoformat_z
 from serve_app.errors import EngineUnavailableError, EventStreamsExhaustedError
+from serve_app.schemas import SSE_MEDIA_TYPE
 
 if TYPE_CHECKING:
     from serve_app.backend import Backend
@@ -113,7 +114,7 @@ class EventStreamResponse(StreamingResponse):
 
     def __init__(self, content: AsyncIterator[str], slot: StreamSlots) -> None:
         super().__init__(
-            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            content, media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self._slot: StreamSlots | None = slot
 
