@@ -225,7 +225,12 @@ class Backend:
             stored = await store.get_execution(stored.execution_id)
         self._hand_over(admitted)
         log.info("execution %s accepted: pack %s %s", execution_id, record.pack_id, record.version)
-        return status_record(stored, self.settings), False
+        answer = status_record(stored, self.settings)
+        if answer["status"] != ExecutionStatus.QUEUED.value:
+            # The answer is the admission's outcome (docs/api.md): a short run started by a
+            # concurrent pass can have ended before this read; it was still started, not queued.
+            answer["status"] = ExecutionStatus.RUNNING.value
+        return answer, False
 
     def _hand_over(self, admitted: list[ExecutionRecord]) -> None:
         """Tell the owner host of each admitted run to start it; the 202 does not wait for it.
