@@ -6,9 +6,12 @@ development machine, ``docs/architecture.md``), so runs share hosts: ``cortx-hos
 pack) with ``isolation: dedicated`` gets a host of its own, named
 ``cortx-dedicated-<execution_id>``, which exits when its run ends.
 
-The host is the step tasks' submitter: a ``service_call`` attempt runs as the Ray task
-:func:`actors.tasks.service_call_task`, awaited without blocking the host's event loop, and
-cancelled (``ray.cancel``) when the run is cancelled or a sibling fails.
+The host hands each step attempt to remote workers and awaits it without blocking its
+event loop: a shared host sends ``service_call``, ``http`` and ``webhook`` attempts to the
+service callers it owns (:mod:`actors.callers`, threaded Ray actors), and a dedicated host
+submits each as the Ray task :func:`actors.tasks.service_call_task`; a ``task`` attempt
+is always a Ray task with its resources. An attempt is cancelled (``ray.cancel``) when the
+run is cancelled, its step times out or a sibling fails.
 
 Hosts are detached (they outlive the process that created them) and created with
 ``max_restarts=-1``: Ray restarts a host whose process died.
@@ -27,6 +30,7 @@ from typing import Any
 import ray
 
 from actors import metrics
+from actors.callers import start_callers
 from actors.execution import ExecutionActor, status_record
 from actors.logs import configure_json_logging
 from actors.registry import ServiceRegistry
@@ -74,13 +78,20 @@ def dedicated_host_name(execution_id: str) -> str:
 
 
 class RayStepRunner:
-    """Runs step work as Ray tasks (the :class:`~actors.scheduler.StepRunner` of a host).
+    """Runs step work remotely in Ray (the :class:`~actors.scheduler.StepRunner` of a host).
+
+    Service calls go to service caller actors (:mod:`actors.callers`) when ``callers`` is
+    above 0, else each is a Ray task; ``task`` steps are always Ray tasks.
 
     Args:
         num_cpus: CPUs Ray reserves per step task (a fraction: the work is mostly I/O).
-        secrets_file: where step tasks read named secrets (``Settings.secrets_file``).
+        secrets_file: where callers and step tasks read named secrets (``Settings.secrets_file``).
         task_modules: the ``task`` step allowlist, checked again in the worker.
         namespace: the deployment's Ray namespace, where drivers register task functions.
+        callers: service caller actors this runner starts on its first service call and
+            sends service calls to, in turn (:mod:`actors.callers`); 0 sends each call as
+            a Ray task instead.
+        caller_concurrency: calls each caller runs at once.
     """
 
     def __init__(
@@ -89,20 +100,39 @@ class RayStepRunner:
         secrets_file: str | None = None,
         task_modules: tuple[str, ...] = (),
         namespace: str | None = None,
+        callers: int = 0,
+        caller_concurrency: int = 64,
     ) -> None:
         self._num_cpus = num_cpus
         self._secrets_file = secrets_file
         self._task_modules = task_modules
         self._namespace = namespace
+        self._caller_count = callers
+        self._caller_concurrency = caller_concurrency
+        self._callers: list[Any] = []
+        self._turn = 0
+
+    @property
+    def callers(self) -> list[Any]:
+        """The Ray handles of the service callers started so far (none before the first call)."""
+        return list(self._callers)
 
     async def call_service(self, request: ServiceRequest) -> dict[str, Any]:
-        """Submit one service call attempt as a Ray task and await it.
+        """Send one service call attempt to the next caller (or submit it as a Ray task); await it.
 
         Returns:
             The :func:`actors.http_call.call_http` result with the ``node_id`` of the node
-            the task ran on; a task that died (worker killed, node lost) is reported as a
-            retryable ``task_error`` without a ``node_id`` (where it ran is not known).
+            it ran on; a caller or task that died (process killed, node lost) is reported
+            as a retryable ``task_error`` (``service caller failed: ActorDiedError``, ``step
+            task failed: WorkerCrashedError``) without a ``node_id``.
         """
+        if self._caller_count:
+            if not self._callers:
+                self._callers = start_callers(self._caller_count, self._caller_concurrency)
+            caller = self._callers[self._turn % len(self._callers)]
+            self._turn += 1
+            ref = caller.call.remote(request.call_kwargs(), self._secrets_file, request.webhook)
+            return await _await_step_task(ref, "service caller failed", actor_call=True)
         ref = service_call_task.options(
             name=step_task_name(request.step_key),
             num_cpus=self._num_cpus,
@@ -190,7 +220,12 @@ class ExecutionHost:
         self._dedicated = dedicated
         self._namespace = namespace
         self._runner = RayStepRunner(
-            settings.step_task_num_cpus, settings.secrets_file, settings.task_modules, namespace=namespace
+            settings.step_task_num_cpus,
+            settings.secrets_file,
+            settings.task_modules,
+            namespace=namespace,
+            callers=0 if dedicated else settings.service_callers,
+            caller_concurrency=settings.service_call_concurrency,
         )
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
@@ -471,6 +506,14 @@ class ExecutionHost:
         """Ids of the runs hosted here now."""
         return list(self._runs)
 
+    async def callers(self) -> list[dict[str, Any]]:
+        """``[{"pid", "node_id"}]`` of this host's service callers (:mod:`actors.callers`).
+
+        Empty until the host's first service call starts them, and always for a dedicated
+        host (its calls are Ray tasks).
+        """
+        return list(await asyncio.gather(*(caller.where.remote() for caller in self._runner.callers)))
+
     async def info(self) -> dict[str, Any]:
         """``{"name", "pid", "node_id", "dedicated", "runs"}``: where this host lives."""
         context = ray.get_runtime_context()
@@ -483,8 +526,11 @@ class ExecutionHost:
         }
 
 
-async def _await_step_task(ref: Any, failure: str) -> dict[str, Any]:
+async def _await_step_task(ref: Any, failure: str, *, actor_call: bool = False) -> dict[str, Any]:
     """Await a step attempt's Ray task; cancel the task when the wait is cancelled.
+
+    A task is cancelled by killing its worker; a call to a service caller (``actor_call``)
+    cannot be (Ray cancels actor calls only before they start: :mod:`actors.callers`).
 
     Returns:
         The task's outcome, or a retryable ``task_error`` (``"<failure>: <RayError class>"``)
@@ -494,7 +540,7 @@ async def _await_step_task(ref: Any, failure: str) -> dict[str, Any]:
         return await ref
     except asyncio.CancelledError:
         # Run cancelled, sibling failed or step timeout: stop the task, not just our wait.
-        ray.cancel(ref, force=True)
+        ray.cancel(ref, force=not actor_call)
         raise
     except ray.exceptions.RayError as exc:
         return {

@@ -19,6 +19,10 @@ variable                         default                          meaning
 ``CORTX_MAX_CONCURRENT_EXECUTIONS`` 100                            runs ``running`` at once per deployment
                                                                   (FDD §9.2); more wait ``queued``
 ``CORTX_STEP_TASK_NUM_CPUS``     0.25                             Ray CPUs reserved by one step task
+``CORTX_SERVICE_CALLERS``        1                                service caller actors per shared host
+                                                                  (``actors.callers``); 0: a Ray task per
+                                                                  service call
+``CORTX_SERVICE_CALL_CONCURRENCY`` 64                             service calls one caller runs at once
 ``CORTX_DB_POOL_SIZE``           5                                connections per ExecutionHost
 ``CORTX_MAX_LOOP_ITERATIONS``    100000                           bound of loops without max_iterations
 ``CORTX_HTTP_ALLOWED_HOSTS``     (none: all refused)              hosts ``http`` steps may call, comma-
@@ -81,6 +85,10 @@ class Settings:
             replicas on one database); more are stored ``queued`` (FDD §9.2,
             :mod:`persistence.admission`).
         step_task_num_cpus: CPUs Ray reserves for one step task (I/O-bound work: a fraction).
+        service_callers: service caller actors each shared host starts for its service calls
+            (:mod:`actors.callers`); 0 makes every service call a Ray task, as dedicated
+            hosts always do.
+        service_call_concurrency: service calls one caller runs at once (a thread each).
         db_pool_size: database connections per ExecutionHost.
         max_loop_iterations: bound of loops that set no ``max_iterations``.
         http_allowed_hosts: allowlist entries for URLs from packs (``actors.egress``).
@@ -107,6 +115,8 @@ class Settings:
     execution_hosts: int = 2
     max_concurrent_executions: int = 100
     step_task_num_cpus: float = 0.25
+    service_callers: int = 1
+    service_call_concurrency: int = 64
     db_pool_size: int = 5
     max_loop_iterations: int = 100_000
     http_allowed_hosts: tuple[str, ...] = ()
@@ -173,6 +183,13 @@ class Settings:
             ),
             step_task_num_cpus=get(
                 "CORTX_STEP_TASK_NUM_CPUS", parse_decimal, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
+            ),
+            service_callers=get(
+                "CORTX_SERVICE_CALLERS", parse_whole, 1, "must be a whole number from 0 to 64", lambda v: 0 <= v <= 64
+            ),
+            service_call_concurrency=get(
+                "CORTX_SERVICE_CALL_CONCURRENCY", parse_whole, 64, "must be a whole number from 1 to 10000",
+                lambda v: 1 <= v <= 10_000,
             ),
             max_concurrent_executions=get(
                 "CORTX_MAX_CONCURRENT_EXECUTIONS", parse_whole, 100, "must be a whole number from 1 to 1000000",

@@ -8,6 +8,12 @@ from actors.settings import Settings
 from dsl.errors import ConfigurationError
 
 
+def test_service_callers_default_to_one_of_64_calls_and_zero_means_tasks() -> None:
+    assert (Settings.from_env({}).service_callers, Settings.from_env({}).service_call_concurrency) == (1, 64)
+    settings = Settings.from_env({"CORTX_SERVICE_CALLERS": "0", "CORTX_SERVICE_CALL_CONCURRENCY": "256"})
+    assert (settings.service_callers, settings.service_call_concurrency) == (0, 256)
+
+
 def test_numbers_are_read_with_their_fraction_and_exponent() -> None:
     settings = Settings.from_env({"MAX_PARALLEL_STEPS": " 12 ", "WORKFLOW_TIMEOUT_SECONDS": "1.5e2",
                                   "CORTX_STEP_TASK_NUM_CPUS": ".5"})
@@ -25,6 +31,10 @@ def test_numbers_are_read_with_their_fraction_and_exponent() -> None:
     ("WORKFLOW_TIMEOUT_SECONDS", "nan"),
     ("WORKFLOW_TIMEOUT_SECONDS", "0"),
     ("CORTX_STEP_TASK_NUM_CPUS", "0x1"),
+    ("CORTX_SERVICE_CALLERS", "65"),
+    ("CORTX_SERVICE_CALLERS", "-1"),
+    ("CORTX_SERVICE_CALL_CONCURRENCY", "0"),
+    ("CORTX_SERVICE_CALL_CONCURRENCY", "10001"),
 ])
 def test_a_number_written_any_other_way_is_refused_naming_its_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigurationError) as caught:

@@ -1,0 +1,99 @@
+"""Real faults: a service caller (``actors.callers``) is killed while it holds a call.
+
+A shared host sends its service calls to the caller actors it owns. Killing a caller's
+process mid-call must fail that attempt as a retryable ``task_error``, like a lost Ray task;
+Ray restarts the caller, and the engine's retry, with the same idempotency key, completes
+the run. A dedicated host sends its calls as Ray tasks and starts no caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import demo_registry, stored_checkpoints
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+pytestmark = pytest.mark.timeout(240)
+
+
+def _inputs() -> dict[str, Any]:
+    return json.loads((EXAMPLES / "loan-approval.inputs.json").read_text())
+
+
+def _wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _calls(demo: Any, execution_id: str, step_key: str) -> int:
+    return int(demo.calls()["by_idempotency_key"].get(f"{execution_id}/{step_key}", 0))
+
+
+def test_a_killed_caller_fails_its_call_as_retryable_and_the_retry_completes(
+    engine_db: str, demo_services: Any, make_client: Any
+) -> None:
+    import ray
+
+    from actors.host import shared_host_name
+    from serve_app.demo_services import Fault
+
+    client = make_client(engine_db, demo_registry(demo_services.url), service_callers=2, service_call_concurrency=4)
+    demo_services.set_faults([Fault(path="/compliance/v1/check", hang=True)])
+    try:
+        execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs())
+        _wait_for(lambda: _calls(demo_services, execution_id, "compliance-check") > 0, what="the compliance call")
+        host = ray.get_actor(shared_host_name(0), namespace=client._namespace)
+        callers = ray.get(host.callers.remote(), timeout=30)
+        host_pid = ray.get(host.info.remote(), timeout=30)["pid"]
+        # The calls run in the callers' processes, not in the host's.
+        assert len(callers) == 2 and host_pid not in {caller["pid"] for caller in callers}
+        demo_services.set_faults([])
+        # Which caller holds the hanging call is Ray's business: kill both.
+        for caller in callers:
+            os.kill(caller["pid"], signal.SIGKILL)
+        record = client.wait(execution_id, timeout_s=120)
+        restarted = ray.get(host.callers.remote(), timeout=30)
+    finally:
+        demo_services.set_faults([])
+    assert record["status"] == "completed", (record["error"], record["error_detail"])
+    assert record["outputs"]["items_checked"] == 3
+    attempts = sorted(
+        (cp.attempt, cp.status, (cp.error or {}).get("kind"), (cp.error or {}).get("message"))
+        for cp in stored_checkpoints(engine_db, execution_id)
+        if cp.step_key == "compliance-check"
+    )
+    assert attempts[0][:3] == (1, "failed", "task_error"), attempts
+    assert attempts[0][3].startswith("service caller failed: "), attempts
+    assert attempts[-1][1] == "completed", attempts
+    # The retry carried the same idempotency key to a restarted caller.
+    assert _calls(demo_services, execution_id, "compliance-check") >= 2
+    assert {caller["pid"] for caller in restarted}.isdisjoint({caller["pid"] for caller in callers})
+
+
+def test_a_dedicated_host_sends_its_calls_as_tasks(engine_sqlite_url: str, demo_services: Any, make_client: Any) -> None:
+    import ray
+
+    from actors.host import dedicated_host_name, shared_host_name
+
+    client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
+    execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs(), options={"isolation": "dedicated"})
+    host = ray.get_actor(dedicated_host_name(execution_id), namespace=client._namespace)
+    record = client.wait(execution_id, timeout_s=120)
+    assert record["status"] == "completed"
+    assert ray.get(host.callers.remote(), timeout=30) == []
+    # A shared host's run, by contrast, starts the host's one caller (the default).
+    shared = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
+    assert shared["status"] == "completed"
+    callers = ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30)
+    assert len(callers) == 1
