@@ -26,7 +26,10 @@ schedule, not when its previous answer came):
   and the latency at that load.
 
 Latency is measured in the client from just before the request is sent to the end of the
-answer, in ms; it prints p50/p90/p99/max and the rate achieved, and writes them as JSON to
+answer, in ms; it prints p50/p90/p99/max and the rate achieved, and for each execute phase
+the CPU time every process on the machine spent from the phase's first request until its
+last run ended, per run, by group (hosts, service callers, API replica, Serve proxy,
+PostgreSQL, Ray's own processes, this process...; from ``psutil``), and writes them as JSON to
 ``benchmarks/results/api_latency.json``. The load generator shares the machine's cores
 with the service. Figures, not assertions: nothing here fails on speed.
 """
@@ -185,6 +188,62 @@ def drain(base_url: str, key: str, timeout_s: float = 600.0) -> None:
     raise RuntimeError(f"runs still in flight after {timeout_s:g} s: {queue}")
 
 
+#: Process groups for the CPU accounting, by a fragment of the process title or name.
+CPU_GROUPS = (
+    ("ExecutionHost", "execution hosts"),
+    ("ServiceCaller", "service callers"),
+    ("ServeReplica", "API replica"),
+    ("ProxyActor", "Serve proxy"),
+    ("ServeController", "Serve controller"),
+    ("ray::", "other Ray workers (step tasks, idle)"),
+    ("raylet", "Ray's own processes"),
+    ("gcs_server", "Ray's own processes"),
+    ("postgres", "PostgreSQL"),
+)
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of every process on the machine: ``{pid: (group, s)}``.
+
+    The group comes from the process title Ray gives its workers (``ray::ExecutionHost``,
+    ``ray::ServiceCaller``...) or the executable's name; this process (the load generator
+    and the demo services) is ``load generator``, any other Ray process (dashboard,
+    monitors) ``Ray's own processes``, the rest ``other``.
+    """
+    import psutil
+
+    me = os.getpid()
+    snapshot: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        info = proc.info
+        times = info.get("cpu_times")
+        if times is None:
+            continue
+        title = " ".join(info.get("cmdline") or []) or (info.get("name") or "")
+        if info["pid"] == me:
+            group = "load generator and demo services"
+        else:
+            group = next((label for fragment, label in CPU_GROUPS if fragment in title), None)
+            if group is None:
+                group = "Ray's own processes" if "/ray/" in title else "other"
+        snapshot[info["pid"]] = (group, times.user + times.system)
+    return snapshot
+
+
+def cpu_per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                    requests: int) -> dict[str, float]:
+    """CPU ms per request by process group between two :func:`cpu_snapshot` calls.
+
+    A process that started in between counts whole; one that ended in between is lost.
+    """
+    spent: Counter[str] = Counter()
+    for pid, (group, seconds) in after.items():
+        spent[group] += seconds - before.get(pid, (group, 0.0))[1]
+    per = {group: round(1000 * seconds / max(1, requests), 2) for group, seconds in spent.most_common()}
+    per["total"] = round(sum(per.values()), 2)
+    return per
+
+
 def free_port() -> int:
     import socket
 
@@ -240,6 +299,7 @@ def main() -> None:
                 phases.append(("closed loop", None))
             for mode, rate in phases:
                 drain(base_url, key)
+                cpu_before = cpu_snapshot()
                 lat, errors, wall, bodies = asyncio.run(load(base_url, key, args.clients, args.requests, rate, execute))
                 results.append(summary(f"execute {mode}", lat, errors, wall))
                 ids = [b["execution_id"] for b in bodies]
@@ -250,6 +310,8 @@ def main() -> None:
                 # The runs this phase started finish first: the status phase measures the API,
                 # not the API sharing 2 cores with hundreds of runs (the execute phase does that).
                 drain(base_url, key)
+                # CPU from the phase's first request until its last run ended, per run.
+                results[-1]["cpu_ms_per_run"] = cpu_per_request(cpu_before, cpu_snapshot(), len(ids))
                 lat, errors, wall, _ = asyncio.run(load(base_url, key, args.clients, args.requests, rate, status))
                 results.append(summary(f"status {mode}", lat, errors, wall))
         finally:
@@ -278,6 +340,8 @@ def main() -> None:
               f"{r['p99_ms']:>9}{r['max_ms']:>9}{r['rate_per_s']:>9}")
         if r["error_kinds"]:
             print(f"  errors by kind: {r['error_kinds']}")
+        if r.get("cpu_ms_per_run"):
+            print("  CPU ms per run: " + ", ".join(f"{group} {ms:g}" for group, ms in r["cpu_ms_per_run"].items()))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "api_latency.json").write_text(json.dumps(report, indent=2))
