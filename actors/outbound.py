@@ -1,7 +1,8 @@
-"""One outbound step attempt as its step task does it: secrets in, the call, secrets masked out.
+"""One outbound step attempt as its worker does it: secrets in, the call, secrets masked out.
 
-:func:`perform_call` is what a step task runs for a ``service_call`` or a ``webhook``
-attempt (in a Ray worker, :func:`actors.tasks.service_call_task`; without Ray,
+:func:`perform_call` is what a worker runs for a ``service_call``, ``http`` or ``webhook``
+attempt (in a Ray worker: a shared host's service caller, :class:`actors.callers.ServiceCaller`,
+or the Ray task :func:`actors.tasks.service_call_task`; without Ray,
 :class:`actors.runners.ThreadStepRunner`). It is the only code that turns the secret
 markers of :mod:`dsl.secrets` into values, and it masks every value it wrote in out of
 what it returns, so the engine records and logs no secret (``docs/security.md``).
