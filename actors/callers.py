@@ -1,36 +1,45 @@
-"""Service callers: the Ray actors that make a shared host's service calls.
+"""Service callers (opt-in): Ray actors that make a shared host's service calls.
 
 A ``service_call``, ``http`` or ``webhook`` attempt is one HTTP request: the work is
-waiting on the network. As a Ray task each attempt paid for a task's lease and a worker
-process held for the whole call (about 11 ms of CPU per call on the development machine,
-``docs/performance.md``; and with ``CORTX_STEP_TASK_NUM_CPUS`` 0.25 only 8 calls ran at
-once on two cores). A shared ExecutionHost instead owns ``CORTX_SERVICE_CALLERS`` caller
-actors (default 1), each a threaded Ray actor that runs up to
-``CORTX_SERVICE_CALL_CONCURRENCY`` calls at once (default 64), one per thread, with the
-same code a step task ran (:func:`actors.outbound.perform_call`). An actor call costs
-about a third of a task's CPU (0.8 against 2.4 ms for an empty one, measured with
-``ray.init`` on two cores).
+waiting on the network. As a Ray task (the default) each attempt pays for a task's lease
+and holds a worker process for the whole call (8.5 to 10 ms of CPU per call on the
+development machine, ``docs/performance.md``; and with ``CORTX_STEP_TASK_NUM_CPUS`` 0.25
+only 8 calls run at once on two cores). With ``CORTX_SERVICE_CALLERS`` above 0 a shared
+ExecutionHost instead owns that many caller actors, started when the host is created
+(``ready`` waits for them, so a deployment's first calls do not pay for a process start),
+each a threaded Ray actor that runs up to ``CORTX_SERVICE_CALL_CONCURRENCY`` calls at once
+(default 64), one per thread, with the same code a step task runs
+(:func:`actors.outbound.perform_call`): about 3 ms of CPU per call, and an empty actor
+call costs a third of an empty task (0.8 against 2.4 ms, ``ray.init`` on two cores).
 
-What stays as it was:
+What stays as with tasks:
 
 * The work is remote: it runs in the caller's process, never in the host's, so named
   secrets are still read only where the call is made (``docs/security.md``), and callers
   are placed with Ray's ``SPREAD`` strategy across the cluster's nodes.
 * A caller that dies (its process killed, its node lost) fails the calls it held as a
-  retryable ``task_error``, as a lost task did; Ray restarts it (``max_restarts=-1``) and
-  the engine's retry (with the same idempotency key) goes to the restarted caller. Ray's
-  own retries are off (``max_task_retries=0``): retries are the engine's.
+  retryable ``task_error`` (``service caller failed: ActorUnavailableError`` or
+  ``ActorDiedError``), as a lost task does; Ray restarts it (``max_restarts=-1``) and the
+  engine's retry (with the same idempotency key) goes to the restarted caller. Ray's own
+  retries are off (``max_task_retries=0``): retries are the engine's.
 * The callers are owned by their host: they end with it, and a restarted host starts
   new ones.
 
-What differs: a cancelled attempt (run cancelled, step timeout, a sibling's failure) is
-no longer stopped by killing its worker. The host stops waiting at once and asks Ray to
-cancel the call, which drops it if it has not started; a call already sent runs on in its
-thread until it is answered or its own timeout ends it, and its outcome is discarded.
-That is what happens to a request already on the wire either way: the upstream may
-have acted on it, which is why every attempt carries the step's idempotency key.
+What they give up, and why they are opt-in: a call a caller holds cannot be stopped from
+outside. A task is stopped by killing its worker; a threaded actor cannot be interrupted,
+and Ray 2.60's ``ray.cancel`` of an actor call queued behind the caller's busy threads
+answers the caller ``TaskCancelledError`` but still runs the call (checked with a
+one-thread actor). So when a run is cancelled or an attempt times out, the host stops
+waiting at once, but the call, even one still queued, is made, and its outcome
+discarded; and a call's own timeout is per phase (connect, each read), so an upstream that
+keeps trickling bytes holds its thread past the step's timeout, and enough of those starve
+the host's other calls. Closing that needs the caller to learn of the cancel (a control
+method in its own concurrency group, checked before each call) and a total deadline on
+the call (a streamed read that stops at the attempt's deadline). Ray creates all of a
+threaded actor's threads when it starts, so the settings are bounded
+(:data:`actors.settings.MAX_SERVICE_CALLERS`, ``MAX_SERVICE_CALL_CONCURRENCY``).
 
-Dedicated hosts (``isolation: dedicated``) keep one Ray task per call: a caller is a
+Dedicated hosts (``isolation: dedicated``) always use one Ray task per call: a caller is a
 process, and a one-run host that started one per run would pay a process start per run.
 """
 

@@ -7,11 +7,11 @@ pack) with ``isolation: dedicated`` gets a host of its own, named
 ``cortx-dedicated-<execution_id>``, which exits when its run ends.
 
 The host hands each step attempt to remote workers and awaits it without blocking its
-event loop: a shared host sends ``service_call``, ``http`` and ``webhook`` attempts to the
-service callers it owns (:mod:`actors.callers`, threaded Ray actors), and a dedicated host
-submits each as the Ray task :func:`actors.tasks.service_call_task`; a ``task`` attempt
-is always a Ray task with its resources. An attempt is cancelled (``ray.cancel``) when the
-run is cancelled, its step times out or a sibling fails.
+event loop: a ``service_call``, ``http`` or ``webhook`` attempt is the Ray task
+:func:`actors.tasks.service_call_task` (or, opt-in with ``CORTX_SERVICE_CALLERS``, a call
+to a service caller a shared host owns, :mod:`actors.callers`), a ``task`` attempt a Ray
+task with its resources. An attempt is cancelled (``ray.cancel``) when the run is
+cancelled, its step times out or a sibling fails.
 
 Hosts are detached (they outlive the process that created them) and created with
 ``max_restarts=-1``: Ray restarts a host whose process died.
@@ -55,6 +55,9 @@ UNCLAIMED_AFTER_S = 5.0
 #: ... and after this many s by every shared host (its owner host may be gone).
 ORPHANED_AFTER_S = 2 * UNCLAIMED_AFTER_S
 
+#: Longest wait of :meth:`ExecutionHost.ready` for the host's service callers to be up, in s.
+CALLERS_READY_S = 60.0
+
 #: A dedicated host exits this many s after its run ended (``wait`` may still ask it).
 DEDICATED_EXIT_AFTER_S = 30.0
 #: ... and this many s after it finds it has no run to host: its run was cancelled while
@@ -88,9 +91,9 @@ class RayStepRunner:
         secrets_file: where callers and step tasks read named secrets (``Settings.secrets_file``).
         task_modules: the ``task`` step allowlist, checked again in the worker.
         namespace: the deployment's Ray namespace, where drivers register task functions.
-        callers: service caller actors this runner starts on its first service call and
-            sends service calls to, in turn (:mod:`actors.callers`); 0 sends each call as
-            a Ray task instead.
+        callers: service caller actors this runner starts (:meth:`start_callers`, or its
+            first service call) and sends service calls to, in turn (:mod:`actors.callers`);
+            0 sends each call as a Ray task instead.
         caller_concurrency: calls each caller runs at once.
     """
 
@@ -114,8 +117,17 @@ class RayStepRunner:
 
     @property
     def callers(self) -> list[Any]:
-        """The Ray handles of the service callers started so far (none before the first call)."""
+        """The Ray handles of the service callers (empty until :meth:`start_callers`)."""
         return list(self._callers)
+
+    def start_callers(self) -> None:
+        """Start the service callers now, if this runner has any and they are not started.
+
+        A shared host calls it when it is created, so a caller's process start (about a
+        second) is not paid inside its first service call's duration and timeout.
+        """
+        if self._caller_count and not self._callers:
+            self._callers = start_callers(self._caller_count, self._caller_concurrency)
 
     async def call_service(self, request: ServiceRequest) -> dict[str, Any]:
         """Send one service call attempt to the next caller (or submit it as a Ray task); await it.
@@ -123,12 +135,11 @@ class RayStepRunner:
         Returns:
             The :func:`actors.http_call.call_http` result with the ``node_id`` of the node
             it ran on; a caller or task that died (process killed, node lost) is reported
-            as a retryable ``task_error`` (``service caller failed: ActorDiedError``, ``step
-            task failed: WorkerCrashedError``) without a ``node_id``.
+            as a retryable ``task_error`` (``step task failed: WorkerCrashedError``, ``service
+            caller failed: ActorUnavailableError``) without a ``node_id``.
         """
         if self._caller_count:
-            if not self._callers:
-                self._callers = start_callers(self._caller_count, self._caller_concurrency)
+            self.start_callers()
             caller = self._callers[self._turn % len(self._callers)]
             self._turn += 1
             ref = caller.call.remote(request.call_kwargs(), self._secrets_file, request.webhook)
@@ -227,6 +238,7 @@ class ExecutionHost:
             callers=0 if dedicated else settings.service_callers,
             caller_concurrency=settings.service_call_concurrency,
         )
+        self._runner.start_callers()
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
         self._runs: dict[str, ExecutionActor] = {}
@@ -280,8 +292,19 @@ class ExecutionHost:
             return self._store
 
     async def ready(self) -> str:
-        """Open the database; return the host's Ray actor id."""
+        """Open the database and wait for the service callers to be up; return the host's Ray actor id.
+
+        Callers that are not up within :data:`CALLERS_READY_S` are logged and not waited
+        for: the calls sent to them wait in Ray's queue meanwhile.
+        """
         await self._get_store()
+        callers = self._runner.callers
+        if callers:
+            try:
+                async with asyncio.timeout(CALLERS_READY_S):
+                    await asyncio.gather(*(caller.where.remote() for caller in callers))
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                log.warning("host %s: service callers not up yet (%s)", self._name, type(exc).__name__)
         return ray.get_runtime_context().get_actor_id() or ""
 
     async def submit(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -509,8 +532,8 @@ class ExecutionHost:
     async def callers(self) -> list[dict[str, Any]]:
         """``[{"pid", "node_id"}]`` of this host's service callers (:mod:`actors.callers`).
 
-        Empty until the host's first service call starts them, and always for a dedicated
-        host (its calls are Ray tasks).
+        A shared host starts them when it is created; a dedicated host has none (its calls
+        are Ray tasks).
         """
         return list(await asyncio.gather(*(caller.where.remote() for caller in self._runner.callers)))
 

@@ -19,9 +19,9 @@ variable                         default                          meaning
 ``CORTX_MAX_CONCURRENT_EXECUTIONS`` 100                            runs ``running`` at once per deployment
                                                                   (FDD §9.2); more wait ``queued``
 ``CORTX_STEP_TASK_NUM_CPUS``     0.25                             Ray CPUs reserved by one step task
-``CORTX_SERVICE_CALLERS``        1                                service caller actors per shared host
-                                                                  (``actors.callers``); 0: a Ray task per
-                                                                  service call
+``CORTX_SERVICE_CALLERS``        0                                service caller actors per shared host
+                                                                  (``actors.callers``, opt-in); 0: a Ray
+                                                                  task per service call
 ``CORTX_SERVICE_CALL_CONCURRENCY`` 64                             service calls one caller runs at once
 ``CORTX_DB_POOL_SIZE``           5                                connections per ExecutionHost
 ``CORTX_MAX_LOOP_ITERATIONS``    100000                           bound of loops without max_iterations
@@ -60,6 +60,13 @@ __all__ = ["Settings", "default_database_url"]
 
 T = TypeVar("T")
 
+#: Most service callers per shared host, and calls per caller. Ray creates a threaded
+#: actor's threads when it starts (a caller of 10,000 held 10,022 threads and 90 GB of
+#: address space after one call), so these bound the threads a host's callers can take:
+#: 16 x 1,000 per host.
+MAX_SERVICE_CALLERS = 16
+MAX_SERVICE_CALL_CONCURRENCY = 1000
+
 
 def default_database_url(cwd: str | Path | None = None) -> str:
     """The embedded default: a SQLite file ``cortx-workflow.db`` in ``cwd`` (absolute)."""
@@ -86,9 +93,14 @@ class Settings:
             :mod:`persistence.admission`).
         step_task_num_cpus: CPUs Ray reserves for one step task (I/O-bound work: a fraction).
         service_callers: service caller actors each shared host starts for its service calls
-            (:mod:`actors.callers`); 0 makes every service call a Ray task, as dedicated
-            hosts always do.
-        service_call_concurrency: service calls one caller runs at once (a thread each).
+            (:mod:`actors.callers`, opt-in: see its limits there); 0, the default, makes
+            every service call a Ray task, as dedicated hosts always do.
+        service_call_concurrency: service calls one caller runs at once (a thread each,
+            all created when the caller starts).
+
+    Raises:
+        ConfigurationError: (when built in code) ``service_callers`` or
+            ``service_call_concurrency`` out of range; :meth:`from_env` checks every field.
         db_pool_size: database connections per ExecutionHost.
         max_loop_iterations: bound of loops that set no ``max_iterations``.
         http_allowed_hosts: allowlist entries for URLs from packs (``actors.egress``).
@@ -115,7 +127,7 @@ class Settings:
     execution_hosts: int = 2
     max_concurrent_executions: int = 100
     step_task_num_cpus: float = 0.25
-    service_callers: int = 1
+    service_callers: int = 0
     service_call_concurrency: int = 64
     db_pool_size: int = 5
     max_loop_iterations: int = 100_000
@@ -125,6 +137,16 @@ class Settings:
     task_modules: tuple[str, ...] = ()
     event_subscriptions: tuple[Any, ...] = ()
     ledger_audit: bool = True
+
+    def __post_init__(self) -> None:
+        # The fields a host divides by or sizes thread pools with are checked here too, for
+        # Settings built in code (the driver API), not only from the environment.
+        for name, value, low, high in (
+            ("service_callers", self.service_callers, 0, MAX_SERVICE_CALLERS),
+            ("service_call_concurrency", self.service_call_concurrency, 1, MAX_SERVICE_CALL_CONCURRENCY),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigurationError(name, value, f"must be a whole number from {low} to {high}")
 
     @property
     def store_url(self) -> str:
@@ -185,11 +207,13 @@ class Settings:
                 "CORTX_STEP_TASK_NUM_CPUS", parse_decimal, 0.25, "must be a number from 0 to 64", lambda v: 0 <= v <= 64
             ),
             service_callers=get(
-                "CORTX_SERVICE_CALLERS", parse_whole, 1, "must be a whole number from 0 to 64", lambda v: 0 <= v <= 64
+                "CORTX_SERVICE_CALLERS", parse_whole, 0, f"must be a whole number from 0 to {MAX_SERVICE_CALLERS}",
+                lambda v: 0 <= v <= MAX_SERVICE_CALLERS,
             ),
             service_call_concurrency=get(
-                "CORTX_SERVICE_CALL_CONCURRENCY", parse_whole, 64, "must be a whole number from 1 to 10000",
-                lambda v: 1 <= v <= 10_000,
+                "CORTX_SERVICE_CALL_CONCURRENCY", parse_whole, 64,
+                f"must be a whole number from 1 to {MAX_SERVICE_CALL_CONCURRENCY}",
+                lambda v: 1 <= v <= MAX_SERVICE_CALL_CONCURRENCY,
             ),
             max_concurrent_executions=get(
                 "CORTX_MAX_CONCURRENT_EXECUTIONS", parse_whole, 100, "must be a whole number from 1 to 1000000",

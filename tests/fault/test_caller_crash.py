@@ -1,9 +1,11 @@
 """Real faults: a service caller (``actors.callers``) is killed while it holds a call.
 
-A shared host sends its service calls to the caller actors it owns. Killing a caller's
+With ``CORTX_SERVICE_CALLERS`` above 0 (opt-in) a shared host sends its service calls to the
+caller actors it owns. Killing a caller's
 process mid-call must fail that attempt as a retryable ``task_error``, like a lost Ray task;
 Ray restarts the caller, and the engine's retry, with the same idempotency key, completes
-the run. A dedicated host sends its calls as Ray tasks and starts no caller.
+the run. A dedicated host sends its calls as Ray tasks and starts no caller, as does a
+shared host by default.
 """
 
 from __future__ import annotations
@@ -86,14 +88,29 @@ def test_a_dedicated_host_sends_its_calls_as_tasks(engine_sqlite_url: str, demo_
 
     from actors.host import dedicated_host_name, shared_host_name
 
-    client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
+    client = make_client(engine_sqlite_url, demo_registry(demo_services.url), service_callers=1)
     execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs(), options={"isolation": "dedicated"})
     host = ray.get_actor(dedicated_host_name(execution_id), namespace=client._namespace)
     record = client.wait(execution_id, timeout_s=120)
     assert record["status"] == "completed"
     assert ray.get(host.callers.remote(), timeout=30) == []
-    # A shared host's run, by contrast, starts the host's one caller (the default).
+    # A shared host, by contrast, starts its one caller when it is created.
     shared = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
     assert shared["status"] == "completed"
     callers = ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30)
     assert len(callers) == 1
+
+
+def test_without_callers_a_shared_host_sends_its_calls_as_tasks(
+    engine_sqlite_url: str, demo_services: Any, make_client: Any
+) -> None:
+    import ray
+
+    from actors.host import shared_host_name
+
+    client = make_client(engine_sqlite_url, demo_registry(demo_services.url))  # the default: no callers
+    record = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
+    assert record["status"] == "completed"
+    assert ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30) == []
+    calls = [cp for cp in stored_checkpoints(engine_sqlite_url, record["execution_id"]) if cp.step_type == "service_call"]
+    assert calls and all(cp.node_id == ray.get_runtime_context().get_node_id() for cp in calls)
