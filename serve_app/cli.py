@@ -216,12 +216,17 @@ def _validate(args: argparse.Namespace) -> int:
 
     count = sum(1 for _ in all_steps(loaded.pack))
     warnings = [w.to_dict() for w in loaded.warnings]
+    # Without a registry the service names cannot be checked; "valid" must not hide that.
+    unchecked = services is None and any(step.type == "service_call" for _, step, _ in all_steps(loaded.pack))
     if args.json:
         print(json.dumps({"valid": True, "id": loaded.pack.id, "version": loaded.pack.version, "steps": count,
-                          "issues": warnings}))
+                          "services_checked": not unchecked, "issues": warnings}))
     else:
         for warning in loaded.warnings:
             print(warning.format(args.pack), file=sys.stderr)
+        if unchecked:
+            print(f"{args.pack}: note: service names not checked: no service registry (--services, "
+                  "CORTX_SERVICE_REGISTRY, or services.yaml beside the pack)", file=sys.stderr)
         print(f"{args.pack}: valid ({loaded.pack.id} {loaded.pack.version}, {count} steps)")
     return EXIT_OK
 

@@ -102,6 +102,20 @@ def test_run_starts_its_own_ray_when_a_started_cluster_is_recorded_on_the_machin
 def test_validate_accepts_the_example() -> None:
     result = cli("validate", "examples/loan-approval.yaml")
     assert result.returncode == 0 and "valid" in result.stdout
+    assert "not checked" not in result.stderr  # examples/services.yaml is beside it
+
+
+def test_validate_says_when_it_could_not_check_service_names(tmp_path: Path) -> None:
+    path = tmp_path / "pack.yaml"  # no services.yaml beside it
+    path.write_text("id: p\nname: P\nversion: '1'\nsteps:\n  - {id: a, type: service_call, service: complianse}\n")
+    no_registry = {"CORTX_SERVICE_REGISTRY": ""}
+    result = cli("validate", str(path), env=no_registry)
+    assert result.returncode == 0 and "valid" in result.stdout
+    assert "service names not checked: no service registry" in result.stderr
+    assert json.loads(cli("validate", str(path), "--json", env=no_registry).stdout)["services_checked"] is False
+    (tmp_path / "services.yaml").write_text("services:\n  compliance: {base_url: 'http://127.0.0.1:1'}\n")
+    checked = cli("validate", str(path), env=no_registry)
+    assert checked.returncode == 1 and "unknown_service" in checked.stderr
 
 
 @pytest.mark.parametrize(
