@@ -7,9 +7,9 @@ only, so the cluster gets a process of its own. It prints one line
 
 The cluster (``ray.cluster_utils.Cluster``): a head with **no CPUs** (its GCS on a free port,
 never 6379, the port Redis holds on the development machine), where the driver and the
-ExecutionHost live, and two workers with **one CPU each**. Service calls are sent as Ray
-tasks here (``service_callers=0``; by default a shared host sends them to its caller actors,
-``actors.callers``), and step tasks ask for one CPU
+ExecutionHost live, and two workers with **one CPU each**. Service calls are Ray tasks
+(``service_callers=0``, the default, said explicitly: the opt-in caller actors of
+``actors.callers`` would not be placed by CPU), and step tasks ask for one CPU
 (``step_task_num_cpus=1``), so each worker runs one step at a time and steps must run on the
 workers: two steps in flight at once are on two different nodes. That is how the test makes
 tasks spread without a custom resource; a real cluster uses fractional CPUs
@@ -165,8 +165,8 @@ def run(database_url: str) -> dict[str, Any]:
 
     demo = start_in_thread(port=0)
     registry = ServiceRegistry.from_mapping(json.loads(json.dumps(REGISTRY).replace("{url}", demo.url)))
-    # service_callers=0: every service call is a Ray task, placed by its CPU request (the
-    # default sends them to caller actors, whose loss tests/fault/test_caller_crash.py covers).
+    # service_callers=0 (the default, said explicitly): every service call is a Ray task,
+    # placed by its CPU request; a lost caller actor is tests/fault/test_caller_crash.py's.
     settings = Settings(
         database_url=database_url,
         execution_hosts=1,
