@@ -196,6 +196,19 @@ def probe_ray_address(address: str) -> None:
         ) from None
 
 
+def _execution_id(value: Any) -> str:
+    """``value`` if it is an execution id (a str).
+
+    Raises:
+        TypeError: anything else, naming its type (a status record passed where its
+            ``execution_id`` was meant is the usual mistake).
+    """
+    if isinstance(value, str):
+        return value
+    hint = " (pass record['execution_id'], not the record)" if isinstance(value, dict) else ""
+    raise TypeError(f"execution_id must be a str, got {type(value).__name__}{hint}")
+
+
 class WorkflowClient:
     """Starts and follows runs from a Python process (driver script, notebook, CLI).
 
@@ -522,6 +535,7 @@ class WorkflowClient:
         Returns:
             ``{"events": [{"seq", "type", "at", "step_key", "attempt", ...}], "done": bool}``.
         """
+        execution_id = _execution_id(execution_id)
         import ray
 
         host = self._existing_host(execution_id)
@@ -534,6 +548,7 @@ class WorkflowClient:
 
     def watch(self, execution_id: str, poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
         """Yield the run's events as they happen, until it ends."""
+        execution_id = _execution_id(execution_id)
         after = 0
         while True:
             batch = self.events(execution_id, after, poll_s)
@@ -552,6 +567,7 @@ class WorkflowClient:
         Raises:
             ExecutionNotFoundError: unknown id.
         """
+        execution_id = _execution_id(execution_id)
         import ray
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -580,6 +596,7 @@ class WorkflowClient:
         Raises:
             ExecutionNotFoundError: unknown id.
         """
+        execution_id = _execution_id(execution_id)
         import ray
 
         host = self._hosts.get(execution_id)
@@ -608,6 +625,7 @@ class WorkflowClient:
         shows it); ``runs`` are the ids it hosts now. None when no host of the run exists
         (a dedicated host that exited, a cluster that restarted). Never creates a host.
         """
+        execution_id = _execution_id(execution_id)
         import ray
 
         host = self._existing_host(execution_id)
@@ -684,6 +702,7 @@ class WorkflowClient:
         Raises:
             ExecutionNotFoundError: unknown id.
         """
+        execution_id = _execution_id(execution_id)
         import ray
 
         host = self._hosts.get(execution_id)
@@ -725,6 +744,7 @@ class WorkflowClient:
             ExecutionNotFoundError: unknown id.
             ConfigurationError: the database cannot be reached, or persistence is off.
         """
+        execution_id = _execution_id(execution_id)
         from persistence.history import step_history
 
         async def read(store: Store) -> dict[str, Any]:
