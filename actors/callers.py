@@ -25,19 +25,17 @@ What stays as with tasks:
 * The callers are owned by their host: they end with it, and a restarted host starts
   new ones.
 
-What they give up, and why they are opt-in: a call a caller holds cannot be stopped from
-outside. A task is stopped by killing its worker; a threaded actor cannot be interrupted,
-and Ray 2.60's ``ray.cancel`` of an actor call queued behind the caller's busy threads
-answers the caller ``TaskCancelledError`` but still runs the call (checked with a
-one-thread actor). So when a run is cancelled or an attempt times out, the host stops
-waiting at once, but the call, even one still queued, is made, and its outcome
-discarded; and a call's own timeout is per phase (connect, each read), so an upstream that
-keeps trickling bytes holds its thread past the step's timeout, and enough of those starve
-the host's other calls. Closing that needs the caller to learn of the cancel (a control
-method in its own concurrency group, checked before each call) and a total deadline on
-the call (a streamed read that stops at the attempt's deadline). Ray creates all of a
-threaded actor's threads when it starts, so the settings are bounded
-(:data:`actors.settings.MAX_SERVICE_CALLERS`, ``MAX_SERVICE_CALL_CONCURRENCY``).
+What they give up, and why they are opt-in: a call a caller has started cannot be
+stopped from outside. A task is stopped by killing its worker; a threaded actor's thread
+cannot be interrupted. So when a run is cancelled or an attempt times out, the host stops
+waiting at once and asks Ray to cancel the call: a call still queued behind the caller's
+busy threads is dropped (see :data:`CONTROL_GROUP` for what that takes in Ray 2.60), but
+a call already started is made and its outcome discarded. And a call's own timeout is per
+phase (connect, each read), so an upstream that keeps trickling bytes holds its thread
+past the step's timeout, and enough of those starve the host's other calls. Closing that
+needs a total deadline on each call (a streamed read that stops at the attempt's
+deadline). Ray creates all of a threaded actor's threads when it starts, so the settings
+are bounded (:data:`actors.settings.MAX_SERVICE_CALLERS`, ``MAX_SERVICE_CALL_CONCURRENCY``).
 
 Dedicated hosts (``isolation: dedicated``) always use one Ray task per call: a caller is a
 process, and a one-run host that started one per run would pay a process start per run.
@@ -51,6 +49,14 @@ from typing import Any
 import ray
 
 __all__ = ["ServiceCaller", "start_callers"]
+
+
+#: The concurrency group of :meth:`ServiceCaller.where`, on its own thread. Having a
+#: concurrency group matters beyond that: Ray 2.60 drops a cancelled call still queued at a
+#: threaded actor only when the actor has concurrency groups. Without one the queued call
+#: was made anyway once a thread was free (``tests/fault/test_caller_crash.py``,
+#: ``test_a_cancelled_attempt_queued_at_a_busy_caller_is_not_sent``, fails so).
+CONTROL_GROUP = "control"
 
 
 class ServiceCaller:
@@ -77,8 +83,9 @@ class ServiceCaller:
         result["node_id"] = self._node_id
         return result
 
+    @ray.method(concurrency_group=CONTROL_GROUP)
     def where(self) -> dict[str, Any]:
-        """``{"pid", "node_id"}``: this caller's process and node."""
+        """``{"pid", "node_id"}``: this caller's process and node (answers while every call thread is busy)."""
         return {"pid": os.getpid(), "node_id": self._node_id}
 
 
@@ -93,7 +100,7 @@ def start_callers(count: int, concurrency: int) -> list[Any]:
     They reserve no CPU (``num_cpus=0``): the calls wait on the network, and a caller must
     not keep a ``task`` step from being scheduled.
     """
-    remote = ray.remote(ServiceCaller)
+    remote = ray.remote(concurrency_groups={CONTROL_GROUP: 1})(ServiceCaller)
     return [
         remote.options(
             name=None,

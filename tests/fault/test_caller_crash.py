@@ -114,3 +114,36 @@ def test_without_callers_a_shared_host_sends_its_calls_as_tasks(
     assert ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30) == []
     calls = [cp for cp in stored_checkpoints(engine_sqlite_url, record["execution_id"]) if cp.step_type == "service_call"]
     assert calls and all(cp.node_id == ray.get_runtime_context().get_node_id() for cp in calls)
+
+
+def test_a_cancelled_attempt_queued_at_a_busy_caller_is_not_sent(
+    engine_db: str, demo_services: Any, make_client: Any
+) -> None:
+    # One caller thread: run A's call holds it (a slow upstream), run B's call waits behind
+    # it. Cancelling B must keep its call from ever reaching the upstream. Ray's cancel of a
+    # queued call does that only for an actor with concurrency groups (actors/callers.py):
+    # without the caller's control group, B's call went out once A's was done.
+    from serve_app.demo_services import Fault
+
+    pack = {
+        "id": "one-call", "name": "One call", "version": "1.0.0",
+        "steps": [{"id": "check", "type": "service_call", "service": "validation", "endpoint": "/v1/item",
+                   "inputs": {"sku": "S-1", "quantity": 1, "unit_price": 1}}],
+    }
+    client = make_client(engine_db, demo_registry(demo_services.url), service_callers=1, service_call_concurrency=1)
+    demo_services.set_faults([Fault(path="/validation/v1/item", delay_ms=3000)])
+    try:
+        holder = client.start(pack, {})
+        _wait_for(lambda: _calls(demo_services, holder, "check") > 0, what="the first call to hold the thread")
+        queued = client.start(pack, {})
+        _wait_for(lambda: client.status(queued)["current_step"] == "check", what="the second run to reach its call")
+        time.sleep(1.0)  # its call sent to the caller, waiting there for the thread
+        record = client.cancel(queued)
+        assert record["status"] == "cancelled"
+        assert client.wait(holder, timeout_s=60)["status"] == "completed"
+        time.sleep(1.0)  # the caller's thread is free again: a call not dropped would go now
+    finally:
+        demo_services.set_faults([])
+    assert _calls(demo_services, queued, "check") == 0
+    # The caller still works for the runs after.
+    assert client.run(pack, {}, timeout_s=60)["status"] == "completed"
