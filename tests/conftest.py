@@ -12,7 +12,9 @@ first use by the ``ray_session`` fixture and shut down at the end.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +121,21 @@ def with_store(url: str, body: Any) -> Any:
 def stored_checkpoints(url: str, execution_id: str) -> Any:
     """The step checkpoints of a run, read from the database at ``url``."""
     return with_store(url, lambda store: store.load_checkpoints(execution_id))
+
+
+def wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> None:
+    """Poll ``predicate`` every 50 ms until it is true; AssertionError naming ``what`` after ``timeout_s`` s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def loan_inputs() -> dict[str, Any]:
+    """The inputs of ``examples/loan-approval.yaml`` (``examples/loan-approval.inputs.json``)."""
+    return dict(json.loads((Path(__file__).parents[1] / "examples" / "loan-approval.inputs.json").read_text()))
 
 
 def stored_events(url: str, execution_id: str) -> Any:

@@ -10,7 +10,6 @@ shared host by default.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -19,23 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import demo_registry, stored_checkpoints
+from tests.conftest import demo_registry, loan_inputs, stored_checkpoints, wait_for
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.timeout(240)
-
-
-def _inputs() -> dict[str, Any]:
-    return json.loads((EXAMPLES / "loan-approval.inputs.json").read_text())
-
-
-def _wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _calls(demo: Any, execution_id: str, step_key: str) -> int:
@@ -53,8 +39,8 @@ def test_a_killed_caller_fails_its_call_as_retryable_and_the_retry_completes(
     client = make_client(engine_db, demo_registry(demo_services.url), service_callers=2, service_call_concurrency=4)
     demo_services.set_faults([Fault(path="/compliance/v1/check", hang=True)])
     try:
-        execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs())
-        _wait_for(lambda: _calls(demo_services, execution_id, "compliance-check") > 0, what="the compliance call")
+        execution_id = client.start(EXAMPLES / "loan-approval.yaml", loan_inputs())
+        wait_for(lambda: _calls(demo_services, execution_id, "compliance-check") > 0, what="the compliance call")
         host = ray.get_actor(shared_host_name(0), namespace=client._namespace)
         callers = ray.get(host.callers.remote(), timeout=30)
         host_pid = ray.get(host.info.remote(), timeout=30)["pid"]
@@ -89,13 +75,13 @@ def test_a_dedicated_host_sends_its_calls_as_tasks(engine_sqlite_url: str, demo_
     from actors.host import dedicated_host_name, shared_host_name
 
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url), service_callers=1)
-    execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs(), options={"isolation": "dedicated"})
+    execution_id = client.start(EXAMPLES / "loan-approval.yaml", loan_inputs(), options={"isolation": "dedicated"})
     host = ray.get_actor(dedicated_host_name(execution_id), namespace=client._namespace)
     record = client.wait(execution_id, timeout_s=120)
     assert record["status"] == "completed"
     assert ray.get(host.callers.remote(), timeout=30) == []
     # A shared host, by contrast, starts its one caller when it is created.
-    shared = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
+    shared = client.run(EXAMPLES / "loan-approval.yaml", loan_inputs(), timeout_s=120)
     assert shared["status"] == "completed"
     callers = ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30)
     assert len(callers) == 1
@@ -109,7 +95,7 @@ def test_without_callers_a_shared_host_sends_its_calls_as_tasks(
     from actors.host import shared_host_name
 
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url))  # the default: no callers
-    record = client.run(EXAMPLES / "loan-approval.yaml", _inputs(), timeout_s=120)
+    record = client.run(EXAMPLES / "loan-approval.yaml", loan_inputs(), timeout_s=120)
     assert record["status"] == "completed"
     assert ray.get(ray.get_actor(shared_host_name(0), namespace=client._namespace).callers.remote(), timeout=30) == []
     calls = [cp for cp in stored_checkpoints(engine_sqlite_url, record["execution_id"]) if cp.step_type == "service_call"]
@@ -134,9 +120,9 @@ def test_a_cancelled_attempt_queued_at_a_busy_caller_is_not_sent(
     demo_services.set_faults([Fault(path="/validation/v1/item", delay_ms=3000)])
     try:
         holder = client.start(pack, {})
-        _wait_for(lambda: _calls(demo_services, holder, "check") > 0, what="the first call to hold the thread")
+        wait_for(lambda: _calls(demo_services, holder, "check") > 0, what="the first call to hold the thread")
         queued = client.start(pack, {})
-        _wait_for(lambda: client.status(queued)["current_step"] == "check", what="the second run to reach its call")
+        wait_for(lambda: client.status(queued)["current_step"] == "check", what="the second run to reach its call")
         time.sleep(1.0)  # its call sent to the caller, waiting there for the thread
         record = client.cancel(queued)
         assert record["status"] == "cancelled"

@@ -7,32 +7,17 @@ same key.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import demo_registry
+from tests.conftest import demo_registry, loan_inputs, wait_for
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.timeout(240)
-
-
-def _inputs() -> dict[str, Any]:
-    return json.loads((EXAMPLES / "loan-approval.inputs.json").read_text())
-
-
-def _wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _start_slow_run(client: Any, demo: Any) -> str:
@@ -41,8 +26,8 @@ def _start_slow_run(client: Any, demo: Any) -> str:
     # The compliance check hangs, so the kill lands while it is in flight; calls made after
     # the faults are cleared (by the resumed run) are answered.
     demo.set_faults([Fault(path="/compliance/v1/check", hang=True)])
-    execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs())
-    _wait_for(lambda: _only_compliance_in_flight(client, demo, execution_id), what="the compliance call")
+    execution_id = client.start(EXAMPLES / "loan-approval.yaml", loan_inputs())
+    wait_for(lambda: _only_compliance_in_flight(client, demo, execution_id), what="the compliance call")
     demo.set_faults([])
     return execution_id
 
@@ -105,8 +90,8 @@ def test_killed_dedicated_host_resumes_its_run(engine_sqlite_url: str, demo_serv
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
     demo_services.set_faults([Fault(path="/compliance/v1/check", hang=True)])
     try:
-        execution_id = client.start(EXAMPLES / "loan-approval.yaml", _inputs(), options={"isolation": "dedicated"})
-        _wait_for(lambda: _only_compliance_in_flight(client, demo_services, execution_id), what="the compliance call")
+        execution_id = client.start(EXAMPLES / "loan-approval.yaml", loan_inputs(), options={"isolation": "dedicated"})
+        wait_for(lambda: _only_compliance_in_flight(client, demo_services, execution_id), what="the compliance call")
         demo_services.set_faults([])
         host = ray.get_actor(dedicated_host_name(execution_id), namespace=client._namespace)
         os.kill(ray.get(host.info.remote())["pid"], signal.SIGKILL)
@@ -127,7 +112,7 @@ def test_whole_ray_shutdown_then_resume_unfinished(
     client = make_client(engine_sqlite_url, demo_registry(demo_services.url))
     runs = []
     try:
-        others = [client.start(EXAMPLES / "loan-approval.yaml", _inputs()) for _ in range(2)]
+        others = [client.start(EXAMPLES / "loan-approval.yaml", loan_inputs()) for _ in range(2)]
         first = _start_slow_run(client, demo_services)
         runs = [first, *others]
         context = ray.get_runtime_context()
