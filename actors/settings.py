@@ -97,10 +97,6 @@ class Settings:
             every service call a Ray task, as dedicated hosts always do.
         service_call_concurrency: service calls one caller runs at once (a thread each,
             all created when the caller starts).
-
-    Raises:
-        ConfigurationError: (when built in code) ``service_callers`` or
-            ``service_call_concurrency`` out of range; :meth:`from_env` checks every field.
         db_pool_size: database connections per ExecutionHost.
         max_loop_iterations: bound of loops that set no ``max_iterations``.
         http_allowed_hosts: allowlist entries for URLs from packs (``actors.egress``).
@@ -115,6 +111,10 @@ class Settings:
             :class:`actors.events_delivery.Subscription`), checked at start.
         ledger_audit: deliver every event to the registry's ``ledger`` service as an audit
             record (FDD §4.1), when it has one.
+
+    Raises:
+        ConfigurationError: (when built in code) ``service_callers`` or
+            ``service_call_concurrency`` out of range; :meth:`from_env` checks every field.
     """
 
     database_url: str
