@@ -103,7 +103,6 @@ def start_callers(count: int, concurrency: int) -> list[Any]:
     remote = ray.remote(concurrency_groups={CONTROL_GROUP: 1})(ServiceCaller)
     return [
         remote.options(
-            name=None,
             max_concurrency=concurrency,
             max_restarts=-1,
             max_task_retries=0,

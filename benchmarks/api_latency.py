@@ -207,7 +207,7 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
 
     The group comes from the process title Ray gives its workers (``ray::ExecutionHost``,
     ``ray::ServiceCaller``...) or the executable's name; this process (the load generator
-    and the demo services) is ``load generator``, any other Ray process (dashboard,
+    and the demo services) is ``load generator and demo services``, any other Ray process (dashboard,
     monitors) ``Ray's own processes``, the rest ``other``.
     """
     import psutil

@@ -10,7 +10,6 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from actors.registry import ServiceRegistry
 from dsl.errors import PackValidationError
-from tests.conftest import stored_checkpoints
+from tests.conftest import stored_checkpoints, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,14 +40,6 @@ def _client(make_client: Any, database_url: str, **overrides: Any) -> Any:
     return make_client(database_url, ServiceRegistry.from_mapping({"services": {}}), **settings)
 
 
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -203,14 +194,14 @@ def test_cancel_cancels_the_running_task(engine_sqlite_url: str, make_client: An
         _task("after", "examples.tasks:add_one", inputs={"n": 1}, dependencies=["sleep"]),
     )
     execution_id = client.start(pack, {})
-    _wait_for(lambda: Path(marker).exists() and Path(marker).read_text() != "", 60, "the task to start")
+    wait_for(lambda: Path(marker).exists() and Path(marker).read_text() != "", 60, "the task to start")
     pid = int(Path(marker).read_text())
     assert _alive(pid)
     record = client.cancel(execution_id)
     assert record["status"] == "cancelled", record
     assert record["error_detail"]["never_ran"] == ["after"]
     # ray.cancel(force=True) ended the worker that ran the function, long before its 60 s.
-    _wait_for(lambda: not _alive(pid), 20, f"worker {pid} to end")
+    wait_for(lambda: not _alive(pid), 20, f"worker {pid} to end")
     assert not Path(marker + ".done").exists()
 
 
